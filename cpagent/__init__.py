@@ -1,0 +1,3 @@
+"""cpagent: the charger-side OCPP agent."""
+
+__version__ = "0.1.0"

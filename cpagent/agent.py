@@ -1,0 +1,334 @@
+"""The agent: one asyncio shell around the charging core.
+
+Hardware events, the passing of time and CSMS commands all reach the core through one input
+queue, handled one at a time by one worker; the actions the core returns are carried out in
+order before the next input is taken. So the core never sees two things at once, and a
+transaction start is durable in the store before the contactor is asked to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from cpagent import __version__
+from cpagent.clock import Clock, format_time
+from cpagent.config import Config
+from cpagent.core.model import (
+    Action,
+    AuthStatus,
+    CoreSettings,
+    IdTagInfo,
+    ResetNow,
+    SetContactor,
+    SetCurrentLimit,
+    StopReason,
+    Transaction,
+    UnlockConnector,
+)
+from cpagent.core.station import ChargingStation
+from cpagent.ocpp16.adapter import Ocpp16Adapter
+from cpagent.outbox import Outbox
+from cpagent.store import AsyncStore, Store
+from cpagent.transport import Transport, TransportSettings
+from hal.factory import build_hardware
+from hal.interfaces import (
+    CardPresented,
+    FaultCleared,
+    FaultRaised,
+    HalEvent,
+    MeterError,
+    PilotChanged,
+    StationHardware,
+)
+from hal.mock import MockStation
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CoreCall = Callable[[ChargingStation, float], T]
+
+METER_POLL_INTERVAL = 1.0
+SOFT_RESET_DRAIN = 10.0  # how long a soft reset waits for queued stops to reach the CSMS
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        on_frame: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.boot_id = uuid.uuid4().hex
+        self.clock = clock or Clock(config.station.time_source)
+        self.on_frame = on_frame
+        data_dir = Path(config.station.data_dir)
+        self.store = AsyncStore(Store(data_dir / "cpagent.db"))
+        store = self.store.store
+        built = build_hardware(config.hardware, config.station.connectors, config.station.phases)
+        self.hardware: StationHardware = built.hardware
+        self.mock: MockStation | None = built.mock
+        self.outbox = Outbox(self.store)
+        self.adapter = Ocpp16Adapter(self, store.settings())
+        self.registration: str | None = None
+        settings = CoreSettings(
+            max_current=config.station.max_current,
+            free_vend_id_tag=config.station.free_vend_id_tag if config.station.free_vend else None,
+        )
+        operative = {
+            int(key.split(".", 1)[1]): bool(store.state(key))
+            for key in (f"operative.{c}" for c in range(config.station.connectors + 1))
+            if store.state(key) is not None
+        }
+        cache = {
+            tag: IdTagInfo(AuthStatus(status), parent, expiry)
+            for tag, (status, parent, expiry) in store.auth_cache().items()
+        }
+        self.core = ChargingStation(
+            config.station.connectors,
+            settings,
+            next_transaction_id=store.next_transaction_id(),
+            operative=operative,
+            auth_cache=cache,
+        )
+        self.adapter.apply_settings(self.core)
+        self.transport = Transport(
+            TransportSettings(
+                url=config.csms.endpoint_url,
+                identity=config.charge_point.id,
+                versions=[config.csms.ocpp_version],
+                password=config.csms.password,
+                ca_file=config.csms.ca_file,
+                reconnect_initial=config.csms.reconnect_initial,
+                reconnect_max=config.csms.reconnect_max,
+                pong_timeout=config.csms.pong_timeout,
+            ),
+            self._session,
+            self.adapter.ping_interval,
+        )
+        self._inputs: asyncio.Queue[tuple[CoreCall, asyncio.Future | None]] = asyncio.Queue()
+        self._reset: asyncio.Future[str] | None = None
+        self.started_at = time.monotonic()
+        self.last_error: str | None = None
+        self.meter_stale: set[int] = set()
+        self._background: set[asyncio.Future] = set()
+
+    # ---- feeding the core ---------------------------------------------------------------------
+
+    async def ask(self, fn: CoreCall[T]) -> T:
+        """Run `fn(core, now)` in turn with everything else the core is told; never call this
+        from code that runs inside the worker (a core action's handler), it would wait forever."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._inputs.put_nowait((fn, future))
+        return await future
+
+    def submit(self, fn: CoreCall[Any]) -> None:
+        self._inputs.put_nowait((fn, None))
+
+    async def _work(self) -> None:
+        while True:
+            fn, future = await self._inputs.get()
+            try:
+                result = fn(self.core, self.clock.now())
+            except Exception as exc:
+                log.exception("the charging core rejected an input")
+                if future is not None and not future.done():
+                    future.set_exception(exc)
+                continue
+            for action in self.core.drain():
+                await self._execute(action)
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    async def _execute(self, action: Action) -> None:
+        try:
+            match action:
+                case SetCurrentLimit(connector_id=c, amps=amps):
+                    await self.hardware.pilots[c].set_current_limit(amps)
+                case SetContactor(connector_id=c, closed=closed):
+                    log.info("connector %d: contactor %s", c, "closed" if closed else "open")
+                    await self.hardware.contactors[c].set_closed(closed)
+                case UnlockConnector(connector_id=c):
+                    await self.unlock_hardware(c)
+                case ResetNow(hard=hard):
+                    self._background.add(asyncio.ensure_future(self._finish_reset(hard)))
+                case _:
+                    await self.adapter.handle(action)
+        except Exception:
+            # A device or store failure must not take the agent down; it is logged and the
+            # next input is handled.
+            self.last_error = f"{type(action).__name__} failed"
+            log.exception("carrying out %s failed", action)
+
+    def _hal_event(self, event: HalEvent) -> None:
+        match event:
+            case PilotChanged(connector_id=c, state=state):
+                self.submit(lambda core, now: core.pilot_changed(c, state, now))
+            case CardPresented(uid=uid, connector_id=c):
+                log.info("card %s presented", uid)
+                self.submit(lambda core, now: core.card_presented(uid, c, now))
+            case FaultRaised(connector_id=c, fault=fault, info=info):
+                log.warning("connector %d: fault %s %s", c, fault.value, info)
+                self.submit(lambda core, now: core.fault_raised(c, fault, info, now))
+            case FaultCleared(connector_id=c, fault=fault):
+                self.submit(lambda core, now: core.fault_cleared(c, fault, now))
+
+    # ---- services for the adapter ------------------------------------------------------------
+
+    async def _session(self, connection: Any, version: str) -> None:
+        await self.adapter.session(connection)
+
+    def offered_amps(self, connector_id: int) -> float:
+        connector = self.core.connectors.get(connector_id)
+        return connector.offered_amps if connector else 0.0
+
+    async def unlock_hardware(self, connector_id: int) -> bool | None:
+        lock = self.hardware.locks.get(connector_id)
+        if lock is None:
+            return None
+        try:
+            return await lock.unlock()
+        except Exception:
+            log.exception("unlocking connector %d failed", connector_id)
+            return False
+
+    async def _finish_reset(self, hard: bool) -> None:
+        if not hard:
+            deadline = time.monotonic() + SOFT_RESET_DRAIN
+            while self.outbox.durable_depth and time.monotonic() < deadline and self.adapter.online:
+                await asyncio.sleep(0.1)
+        else:
+            await asyncio.sleep(0.2)  # let the Reset answer leave
+        log.warning("%s reset: restarting", "hard" if hard else "soft")
+        if self._reset is not None and not self._reset.done():
+            self._reset.set_result("hard" if hard else "soft")
+
+    # ---- loops -------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        while True:
+            # Wake just after each wall-clock second, so clock-aligned samples land on time.
+            await asyncio.sleep(1.0 - (self.clock.now() % 1.0) + 0.01)
+            self.submit(lambda core, now: core.tick(now))
+
+    async def _read_meters(self) -> None:
+        while True:
+            await self._poll_meters_once()
+            await asyncio.sleep(METER_POLL_INTERVAL)
+
+    async def _poll_meters_once(self) -> None:
+        for connector_id, meter in self.hardware.meters.items():
+            try:
+                reading = await asyncio.wait_for(meter.read(), 5.0)
+            except (MeterError, TimeoutError) as exc:
+                if connector_id not in self.meter_stale:
+                    log.warning("meter of connector %d unreadable: %s", connector_id, exc)
+                    self.meter_stale.add(connector_id)
+                continue
+            self.meter_stale.discard(connector_id)
+            self.submit(lambda core, now, c=connector_id, r=reading: core.meter_sample(c, r))
+
+    async def run(self) -> str:
+        """Run until a reset asks for a restart ("soft"/"hard") or the task is cancelled."""
+        self._reset = asyncio.get_running_loop().create_future()
+        await self.outbox.open()
+        for device in self.hardware.devices():
+            await device.start(self._hal_event)
+        if self.mock is not None:
+            self.mock.attach(self._hal_event)
+        await self._poll_meters_once()
+        tasks = [asyncio.create_task(self._work(), name="core")]
+        await self._close_interrupted()
+        from cpagent.control import ControlServer  # the control socket needs the agent built
+
+        control = ControlServer(self, self.config.station.control_socket)
+        await control.start()
+        tasks += [
+            asyncio.create_task(self._tick(), name="tick"),
+            asyncio.create_task(self._read_meters(), name="meters"),
+            asyncio.create_task(self.transport.run(), name="transport"),
+        ]
+        log.info("cpagent %s running as %s, CSMS %s", __version__, self.config.charge_point.id,
+                 self.config.csms.endpoint_url)
+        try:
+            return await self._reset
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await control.stop()
+            for device in self.hardware.devices():
+                with contextlib.suppress(Exception):
+                    await device.stop()
+            await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+    async def _close_interrupted(self) -> None:
+        """Sessions still open in the store were cut short by a crash or a power cut."""
+        rows = await self.store.run(self.store.store.open_transactions)
+        if not rows:
+            return
+        log.warning("closing %d session(s) interrupted by a power loss", len(rows))
+        transactions = [
+            Transaction(r.local_id, r.connector_id, r.id_tag, r.started_at, r.meter_start_wh,
+                        r.parent_id_tag, r.csms_id, r.remote_start)
+            for r in rows
+        ]
+        await self.ask(lambda core, now: core.restore_interrupted(
+            transactions, StopReason.POWER_LOSS, now))
+
+    # ---- what `cpagent status` shows ---------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        core = self.core
+        connectors = []
+        for c in core.connectors.values():
+            status, fault, info = core.status(c.id)
+            tx = c.transaction
+            connectors.append({
+                "id": c.id,
+                "status": status.value,
+                "error": fault.value if fault else None,
+                "info": info or None,
+                "pilot": c.pilot.value,
+                "contactor_closed": c.contactor_closed,
+                "offered_amps": c.offered_amps,
+                "energy_wh": c.reading.energy_wh if c.reading else None,
+                "meter_stale": c.id in self.meter_stale,
+                "operative": c.operative and core.station_operative,
+                "transaction": None if tx is None else {
+                    "local_id": tx.local_id,
+                    "transaction_id": tx.csms_id,
+                    "id_tag": tx.id_tag,
+                    "started_at": format_time(tx.started_at),
+                    "meter_start_wh": tx.meter_start_wh,
+                },
+            })
+        transport = self.transport
+        return {
+            "charge_point": self.config.charge_point.id,
+            "version": __version__,
+            "connection": {
+                "state": transport.state,
+                "url": self.config.csms.endpoint_url,
+                "ocpp_version": transport.version,
+                "registration": self.registration,
+                "online": self.adapter.online,
+                "connected_for_s": (round(time.monotonic() - transport.connected_since, 1)
+                                    if transport.connected_since else None),
+                "connects": transport.connect_count,
+            },
+            "clock_trusted": self.clock.trusted,
+            "connectors": connectors,
+            "queue": {"durable": self.outbox.durable_depth,
+                      "volatile": self.outbox.volatile_depth},
+            "last_error": self.last_error or transport.last_error,
+            "mock_hardware": self.mock is not None,
+        }

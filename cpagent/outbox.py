@@ -1,0 +1,155 @@
+"""What the agent has to say to the CSMS, in the order it must arrive.
+
+Three kinds of message share one sender:
+- durable ones (transaction messages) live in the store's outbox table and go in sequence
+  order, across reconnects and restarts, with the unique id they were given when queued;
+- ordered volatile ones (StatusNotification, MeterValues outside a transaction) wait for the
+  durable messages queued before them, so a CSMS never sees "Charging" before the start;
+- urgent ones (Authorize, Heartbeat, DataTransfer) go next, ahead of a replay backlog, because
+  a driver is standing at the charger.
+Volatile messages are not history: when the link drops they are dropped too, and the adapter
+reports the current state afresh on the next connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint
+from cpagent.store import AsyncStore, OutboxEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Volatile:
+    action: str
+    payload: dict
+    watermark: int  # the last durable seq queued before this message
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass
+class RetryPolicy:
+    attempts: Callable[[], int]
+    interval: Callable[[], float]
+
+
+class Outbox:
+    def __init__(self, store: AsyncStore) -> None:
+        self._store = store
+        self._urgent: deque[_Volatile] = deque()
+        self._ordered: deque[_Volatile] = deque()
+        self._wakeup = asyncio.Event()
+        self.last_durable_seq = 0
+        self.durable_depth = 0
+
+    async def open(self) -> None:
+        self.durable_depth = await self._store.run(self._store.store.outbox_count)
+        self.last_durable_seq = await self._store.run(self._store.store.outbox_last_seq)
+
+    def durable_added(self, entry: OutboxEntry) -> None:
+        self.last_durable_seq = max(self.last_durable_seq, entry.seq)
+        self.durable_depth += 1
+        self._wakeup.set()
+
+    def put(self, action: str, payload: dict, *, urgent: bool) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        message = _Volatile(action, payload, self.last_durable_seq, future)
+        (self._urgent if urgent else self._ordered).append(message)
+        self._wakeup.set()
+        return future
+
+    def drop_volatile(self, why: str) -> None:
+        for queue in (self._urgent, self._ordered):
+            while queue:
+                message = queue.popleft()
+                if not message.future.done():
+                    message.future.set_exception(ConnectionLost(why))
+
+    @property
+    def volatile_depth(self) -> int:
+        return len(self._urgent) + len(self._ordered)
+
+    async def run(
+        self,
+        rpc: RpcEndpoint,
+        prepare: Callable[[OutboxEntry], Awaitable[dict | None]],
+        delivered: Callable[[OutboxEntry, dict], Awaitable[None]],
+        policy: RetryPolicy,
+    ) -> None:
+        """Send until the connection fails. `prepare` turns a stored entry into the payload
+        to send now (None: cannot be sent, drop it); `delivered` takes the CSMS's answer."""
+        head: OutboxEntry | None = None
+        while True:
+            if self._urgent:
+                await self._send_volatile(rpc, self._urgent.popleft())
+                continue
+            if head is None and self.durable_depth > 0:
+                found = await self._store.run(self._store.store.outbox_head, 1)
+                head = found[0] if found else None
+                if head is None:
+                    self.durable_depth = 0
+            if self._ordered and (head is None or self._ordered[0].watermark < head.seq):
+                await self._send_volatile(rpc, self._ordered.popleft())
+                continue
+            if head is not None:
+                if await self._send_durable(rpc, head, prepare, delivered, policy):
+                    head = None
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _send_volatile(self, rpc: RpcEndpoint, message: _Volatile) -> None:
+        try:
+            result = await rpc.call(message.action, message.payload)
+        except ConnectionLost as exc:
+            message.future.set_exception(exc)
+            raise
+        except Exception as exc:
+            if not message.future.done():
+                message.future.set_exception(exc)
+            return
+        if not message.future.done():
+            message.future.set_result(result)
+
+    async def _send_durable(
+        self,
+        rpc: RpcEndpoint,
+        entry: OutboxEntry,
+        prepare: Callable[[OutboxEntry], Awaitable[dict | None]],
+        delivered: Callable[[OutboxEntry, dict], Awaitable[None]],
+        policy: RetryPolicy,
+    ) -> bool:
+        """True when the entry is finished with (delivered or given up)."""
+        store = self._store.store
+        payload = await prepare(entry)
+        if payload is None:
+            await self._finish(entry)
+            return True
+        try:
+            result = await rpc.call(entry.action, payload, unique_id=entry.unique_id)
+        except (CallErrorReceived, CallTimeout) as exc:
+            await self._store.run(store.outbox_attempted, entry.seq)
+            attempts = entry.attempts + 1
+            if attempts >= policy.attempts():
+                log.error("giving up %s %s after %d attempts: %s",
+                          entry.action, entry.unique_id, attempts, exc)
+                await self._finish(entry)
+                return True
+            wait = policy.interval() * attempts
+            log.warning("%s %s failed (%s); attempt %d of %d in %.0f s", entry.action,
+                        entry.unique_id, exc, attempts + 1, policy.attempts(), wait)
+            await asyncio.sleep(wait)
+            return True  # re-read from the store with its new attempt count
+        await delivered(entry, result)
+        await self._finish(entry)
+        return True
+
+    async def _finish(self, entry: OutboxEntry) -> None:
+        await self._store.run(self._store.store.outbox_done, entry.seq)
+        self.durable_depth = max(0, self.durable_depth - 1)

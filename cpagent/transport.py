@@ -1,0 +1,195 @@
+"""The WebSocket link to the CSMS: connect, keep alive, detect a dead link, reconnect.
+
+A link is only as alive as its last pong: every ping interval we ping, and a pong that does
+not come back within the pong timeout aborts the TCP connection on the spot (no closing
+handshake, which a vanished peer would never answer) and a new connection is made with
+exponential backoff and jitter. The peer's choice of subprotocol is read from the handshake;
+a server that agrees to none of ours gets no OCPP session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.typing import Subprotocol
+
+log = logging.getLogger(__name__)
+
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+
+
+@dataclass
+class TransportSettings:
+    url: str  # endpoint, identity included
+    identity: str
+    versions: list[str]  # OCPP versions we speak, most preferred first
+    password: str | None = None
+    ca_file: Path | None = None
+    reconnect_initial: float = 1.0
+    reconnect_max: float = 60.0
+    pong_timeout: float = 10.0
+    open_timeout: float = 15.0
+    stable_after: float = 30.0  # a link that lived this long resets the backoff
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
+    """Exponential backoff with jitter, so a fleet that lost its CSMS does not return in step."""
+    ceiling = min(maximum, initial * (2 ** min(attempt, 30)))
+    return ceiling * rng.uniform(0.5, 1.0)
+
+
+Session = Callable[[ClientConnection, str], Awaitable[None]]
+
+
+class Transport:
+    def __init__(
+        self,
+        settings: TransportSettings,
+        session: Session,
+        ping_interval: Callable[[], float],
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self._session = session
+        self._ping_interval = ping_interval  # read every round: WebSocketPingInterval may change
+        self._rng = rng or random.Random()
+        self._network_up = asyncio.Event()
+        self._network_up.set()
+        self._kick = asyncio.Event()  # cuts a backoff wait short when the network returns
+        self._connection: ClientConnection | None = None
+        self.state = "disconnected"
+        self.version: str | None = None
+        self.last_error: str | None = None
+        self.connected_since: float | None = None
+        self.connect_count = 0
+
+    # ---- the simulated outage of `cpagent sim network down|up` ---------------------------------
+
+    def set_network(self, up: bool) -> None:
+        if up:
+            self._network_up.set()
+            self._kick.set()
+            return
+        self._network_up.clear()
+        self.abort("network down (simulated)")
+
+    def abort(self, why: str) -> None:
+        connection = self._connection
+        if connection is not None:
+            log.warning("dropping the CSMS link: %s", why)
+            self.last_error = why
+            connection.transport.abort()
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.settings.url.startswith("wss://"):
+            return None
+        context = ssl.create_default_context(
+            cafile=str(self.settings.ca_file) if self.settings.ca_file else None
+        )
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+    def _headers(self) -> dict[str, str]:
+        if not self.settings.password:
+            return {}
+        token = f"{self.settings.identity}:{self.settings.password}".encode()
+        return {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}
+
+    async def run(self) -> None:
+        attempt = 0
+        offered = [Subprotocol(SUBPROTOCOLS[v]) for v in self.settings.versions]
+        by_subprotocol = {SUBPROTOCOLS[v]: v for v in self.settings.versions}
+        while True:
+            await self._network_up.wait()
+            self.state = "connecting"
+            started = time.monotonic()
+            try:
+                async with connect(
+                    self.settings.url,
+                    subprotocols=offered,
+                    additional_headers=self._headers(),
+                    ssl=self._ssl_context(),
+                    open_timeout=self.settings.open_timeout,
+                    ping_interval=None,  # our own keepalive below aborts a dead link at once
+                    close_timeout=5,
+                    max_size=4 * 1024 * 1024,
+                    user_agent_header=None,
+                ) as connection:
+                    agreed = connection.subprotocol
+                    if agreed not in by_subprotocol:
+                        self.last_error = (
+                            f"the CSMS agreed to no OCPP subprotocol (offered "
+                            f"{', '.join(offered)}; got {agreed!r}); no OCPP session"
+                        )
+                        log.error("%s", self.last_error)
+                    else:
+                        await self._live(connection, by_subprotocol[agreed])
+            except asyncio.CancelledError:
+                raise
+            except websockets.InvalidStatus as exc:
+                self.last_error = f"CSMS refused the connection: HTTP {exc.response.status_code}"
+                log.error("%s", self.last_error)
+            except (OSError, TimeoutError, websockets.WebSocketException) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("CSMS link failed: %s", self.last_error)
+            except Exception as exc:  # never let the link die for good
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("CSMS session ended with an error")
+            finally:
+                self.state = "disconnected"
+                self.version = None
+                self._connection = None
+                self.connected_since = None
+            if time.monotonic() - started >= self.settings.stable_after:
+                attempt = 0
+            delay = backoff_delay(
+                attempt, self.settings.reconnect_initial, self.settings.reconnect_max, self._rng
+            )
+            attempt += 1
+            log.info("reconnecting in %.1f s", delay)
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay)
+
+    async def _live(self, connection: ClientConnection, version: str) -> None:
+        self._connection = connection
+        self.state = "connected"
+        self.version = version
+        self.connect_count += 1
+        self.connected_since = time.monotonic()
+        log.info("connected to %s with OCPP %s", self.settings.url, version)
+        keepalive = asyncio.create_task(self._keepalive(connection))
+        try:
+            await self._session(connection, version)
+        finally:
+            keepalive.cancel()
+
+    async def _keepalive(self, connection: ClientConnection) -> None:
+        while True:
+            interval = self._ping_interval()
+            if interval <= 0:
+                await asyncio.sleep(5)  # disabled for now; look again later
+                continue
+            await asyncio.sleep(interval)
+            try:
+                pong = await connection.ping()
+                await asyncio.wait_for(pong, self.settings.pong_timeout)
+            except TimeoutError:
+                self.abort(f"no pong within {self.settings.pong_timeout:g} s; link presumed dead")
+                return
+            except websockets.ConnectionClosed:
+                return

@@ -261,9 +261,10 @@ class Agent:
         try:
             return await self._reset
         finally:
-            for task in tasks:
+            # The link goes first (its farewell still talks to the core), the core last.
+            for task in reversed(tasks):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                await asyncio.gather(task, return_exceptions=True)
             await control.stop()
             for device in self.hardware.devices():
                 with contextlib.suppress(Exception):

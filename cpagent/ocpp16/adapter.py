@@ -134,7 +134,7 @@ class Ocpp16Adapter:
             self.rpc = None
             self.online = False
             agent.outbox.drop_volatile("connection closed")
-            await agent.ask(lambda core, now: core.connection_changed(False, now))
+            agent.submit(lambda core, now: core.connection_changed(False, now))
 
     async def _read(self, connection: ClientConnection, rpc: RpcEndpoint) -> None:
         async for text in connection:

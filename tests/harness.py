@@ -1,0 +1,78 @@
+"""Test helpers: configs, agents that run in the test's loop, waiting for a boot."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+from cpagent.agent import Agent
+from cpagent.clock import Clock
+from cpagent.config import Config, parse_config
+from cpagent.devcsms import DevCsms
+from hal.mock import MockStation
+
+
+def make_config(data_dir: Path, url: str, **sections: dict[str, Any]) -> Config:
+    """A valid config for tests: `make_config(d, url, station={"connectors": 2})` merges."""
+    data: dict[str, Any] = {
+        "charge_point": {"id": "CP-TEST"},
+        "csms": {"url": url, "call_timeout": 5, "reconnect_initial": 0.1, "reconnect_max": 1},
+        # a short socket path: AF_UNIX paths are limited to 107 bytes
+        "station": {"connectors": 1, "data_dir": os.fspath(data_dir),
+                    "control_socket": f"/tmp/cpagent-test-{os.getpid()}-{id(data_dir)}.sock"},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data)
+
+
+class RunningAgent:
+    """An agent running in the test's event loop, restartable on the same data directory."""
+
+    def __init__(self, config: Config, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock
+        self.agent: Agent | None = None
+        self.task: asyncio.Task | None = None
+
+    @property
+    def mock(self) -> MockStation:
+        assert self.agent is not None and self.agent.mock is not None
+        return self.agent.mock
+
+    async def start(self) -> RunningAgent:
+        self.agent = Agent(self.config, clock=self.clock or Clock("system"))
+        self.task = asyncio.create_task(self.agent.run())
+        return self
+
+    async def stop(self) -> None:
+        """Stop the way a crash does: no goodbye, whatever is in flight stays in flight."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def restart(self) -> RunningAgent:
+        await self.stop()
+        return await self.start()
+
+    async def status(self, connector_id: int = 1) -> str:
+        assert self.agent is not None
+        status = await self.agent.ask(lambda core, now: core.status(connector_id))
+        return status[0].value
+
+    async def settle(self) -> None:
+        """Wait until the core has handled everything submitted so far."""
+        assert self.agent is not None
+        await self.agent.ask(lambda core, now: None)
+
+
+async def booted(csms: DevCsms, identity: str = "CP-TEST", connectors: int = 1) -> None:
+    """Wait until the agent has booted and reported every connector's status."""
+    await csms.wait_for_call("BootNotification", identity=identity)
+    await csms.wait_for_call("StatusNotification", identity=identity,
+                             predicate=lambda p: p["connectorId"] == connectors)

@@ -1,0 +1,3 @@
+from cpagent.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,191 @@
+"""The `cpagent` command: run, demo, status, sim, config check."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cpagent import __version__
+
+EX_CONFIG = 78  # sysexits.h: systemd's RestartPreventExitStatus keeps a broken config from spinning
+DEFAULT_CONFIG = Path("/etc/cpagent/cpagent.toml")
+DEFAULT_SOCKET = Path("/var/lib/cpagent/control.sock")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cpagent", description="Charger-side OCPP agent for Linux single-board controllers."
+    )
+    parser.add_argument("--version", action="version", version=f"cpagent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent", description="Run the agent.")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                     help=f"configuration file (default {DEFAULT_CONFIG})")
+    run.add_argument("--log-level", help="override logging.level of the config")
+
+    demo = commands.add_parser(
+        "demo", help="play a charging session on mock hardware against a local CSMS",
+        description="Start a local CSMS on 127.0.0.1 and the agent on mock hardware, play a "
+                    "charging session and print the OCPP messages. Needs no file, no hardware.")
+    demo.add_argument("--fast", action="store_true", help="shorter pauses between the steps")
+
+    def socket_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--socket", type=Path, help="control socket of the running agent")
+        p.add_argument("--config", type=Path,
+                       help="take the control socket from this configuration file")
+
+    status = commands.add_parser("status", help="show the running agent's state",
+                                 description="Show connection, connectors, sessions, queue.")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    socket_options(status)
+
+    sim = commands.add_parser(
+        "sim", help="drive the mock hardware of a running agent",
+        description="Drive the mock hardware of a running agent: plug, unplug, swipe TAG, "
+                    "suspend, resume, fault CODE, clear-fault, diode-fail, network up|down.")
+    sim.add_argument("action", choices=["plug", "unplug", "swipe", "suspend", "resume", "fault",
+                                         "clear-fault", "diode-fail", "network"])
+    sim.add_argument("value", nargs="?", help="card id for swipe, fault code, up/down")
+    sim.add_argument("--connector", type=int, help="connector number (default 1)")
+    socket_options(sim)
+
+    config = commands.add_parser("config", help="configuration tools",
+                                 description="Configuration tools.")
+    config_commands = config.add_subparsers(dest="config_command", required=True,
+                                            metavar="SUBCOMMAND")
+    check = config_commands.add_parser("check", help="validate a configuration file",
+                                       description="Validate a configuration file; print each "
+                                                   "error with its key, exit 1 if any.")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    match args.command:
+        case "run":
+            return _run(args.config, args.log_level)
+        case "demo":
+            from cpagent.demo import main as demo_main
+
+            return demo_main(pace=0.3 if args.fast else 1.0)
+        case "status":
+            return _status(args)
+        case "sim":
+            return _sim(args)
+        case "config":
+            from cpagent.config import check_main
+
+            return check_main(str(args.file))
+    return 2
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return args.socket
+    if args.config:
+        from cpagent.config import ConfigError, load_config
+
+        try:
+            return load_config(args.config).station.control_socket
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            raise SystemExit(EX_CONFIG) from None
+    return Path(os.environ.get("CPAGENT_SOCKET", DEFAULT_SOCKET))
+
+
+def _ask(args: argparse.Namespace, payload: dict) -> dict | None:
+    from cpagent.control import request
+
+    path = _socket(args)
+    try:
+        answer = request(path, payload)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"no agent is listening on {path} (is cpagent running? --socket/--config)",
+              file=sys.stderr)
+        return None
+    except (OSError, ValueError) as exc:
+        print(f"control socket {path}: {exc}", file=sys.stderr)
+        return None
+    if not answer.get("ok"):
+        print(f"error: {answer.get('error')}", file=sys.stderr)
+        return None
+    return answer
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = _ask(args, {"cmd": "status"})
+    if answer is None:
+        return 1
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    link = answer["connection"]
+    print(f"{answer['charge_point']} (cpagent {answer['version']})")
+    print(f"  CSMS   {link['url']}  {link['state']}"
+          + (f", OCPP {link['ocpp_version']}, {link['registration']}"
+             if link["ocpp_version"] else ""))
+    for c in answer["connectors"]:
+        line = f"  #{c['id']}     {c['status']}"
+        if c["error"]:
+            line += f" ({c['error']})"
+        if c["energy_wh"] is not None:
+            line += f"  meter {c['energy_wh'] / 1000:.3f} kWh"
+        tx = c["transaction"]
+        if tx:
+            line += f"  session {tx['transaction_id'] or 'pending'} for {tx['id_tag']}"
+        print(line)
+    queue = answer["queue"]
+    print(f"  queue  {queue['durable']} transaction message(s) waiting")
+    if answer["last_error"]:
+        print(f"  last error: {answer['last_error']}")
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    if args.action in ("swipe", "fault", "network") and not args.value:
+        print(f"sim {args.action} needs a value", file=sys.stderr)
+        return 2
+    answer = _ask(args, {"cmd": "sim", "action": args.action, "value": args.value,
+                         "connector": args.connector})
+    return 0 if answer is not None else 1
+
+
+def _run(config_path: Path, log_level: str | None) -> int:
+    from cpagent.config import ConfigError, load_config
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
+    logging.basicConfig(level=(log_level or config.logging.level).upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    from cpagent.agent import Agent
+
+    async def serve() -> str:
+        agent = Agent(config)
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "stopped"
+
+    outcome = asyncio.run(serve())
+    if outcome in ("soft", "hard"):
+        # OCPP Reset: start afresh in place, as a reboot of the application would.
+        logging.shutdown()
+        os.execv(sys.executable, [sys.executable, "-m", "cpagent", *sys.argv[1:]])
+    return 0

@@ -120,6 +120,8 @@ class Agent:
         self.last_error: str | None = None
         self.meter_stale: set[int] = set()
         self._background: set[asyncio.Future] = set()
+        self.untrusted_boots: dict[str, float] = {}
+        self.ready = asyncio.Event()  # devices started, the core taking inputs
 
     # ---- feeding the core ---------------------------------------------------------------------
 
@@ -239,6 +241,7 @@ class Agent:
     async def run(self) -> str:
         """Run until a reset asks for a restart ("soft"/"hard") or the task is cancelled."""
         self._reset = asyncio.get_running_loop().create_future()
+        self.untrusted_boots = await self.store.run(self.store.store.untrusted_boots)
         await self.outbox.open()
         for device in self.hardware.devices():
             await device.start(self._hal_event)
@@ -256,6 +259,7 @@ class Agent:
             asyncio.create_task(self._read_meters(), name="meters"),
             asyncio.create_task(self.transport.run(), name="transport"),
         ]
+        self.ready.set()
         log.info("cpagent %s running as %s, CSMS %s", __version__, self.config.charge_point.id,
                  self.config.csms.endpoint_url)
         try:

@@ -19,6 +19,9 @@ from datetime import UTC, datetime
 log = logging.getLogger(__name__)
 
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+# No stamp before this can be true for this software: a clock reading earlier is a board
+# that booted without knowing the date.
+PLAUSIBLE_FLOOR = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 
 
 def system_clock_synchronised() -> bool:
@@ -44,6 +47,11 @@ class Clock:
         self.offset = 0.0
         self.correction = 0.0  # what to add to stamps taken before the time was known
         self.trusted = source == "system" or (source == "auto" and synchronised())
+        self._started_wall = wall()
+
+    def process_start(self) -> float:
+        """When this process started, on the best clock known now."""
+        return self._started_wall + (self.correction if self.trusted else 0.0)
 
     def now(self) -> float:
         return self._wall() + self.offset

@@ -114,6 +114,11 @@ class _Session:
         # Unique ids DevCsms.call() is waiting on; late answers are not kept.
         self.awaiting: set[str] = set()
 
+    def abort(self) -> None:
+        # A paused reader would never see the closure, so let it read on and find it.
+        self.readable.set()
+        self.ws.transport.abort()
+
 
 class _RecordingConnection:
     """The connection object given to ocpp's ChargePoint.
@@ -302,7 +307,7 @@ class DevCsms:
         # up the shutdown for close_timeout.
         for session in list(self._sessions.values()):
             if not session.readable.is_set():
-                session.ws.transport.abort()
+                session.abort()
         server.close()
         await server.wait_closed()
 
@@ -365,7 +370,7 @@ class DevCsms:
             # Like a real CSMS, the newest connection for an identity wins; the
             # old one is typically a half-open link the charger has given up on.
             log.info("%s: new connection replaces the old one", identity)
-            old.ws.transport.abort()
+            old.abort()
         cp = _CsmsChargePoint(identity, _RecordingConnection(self, session), self)
         session.cp = cp
         self._sessions[identity] = session
@@ -484,7 +489,7 @@ class DevCsms:
 
     async def drop(self, identity: str) -> None:
         session = self._session(identity)
-        session.ws.transport.abort()
+        session.abort()
         # Return only once the CSMS itself has noticed, so is_connected() is
         # already False for the caller.
         await session.closed.wait()

@@ -290,6 +290,13 @@ class Store:
             for r in rows
         ]
 
+    def untrusted_boots(self) -> dict[str, float]:
+        """For each earlier run that queued messages before knowing the time: its last stamp."""
+        rows = self._db.execute(
+            "SELECT boot_id, MAX(created_at) FROM outbox WHERE clock_trusted = 0 GROUP BY boot_id"
+        )
+        return dict(rows.fetchall())
+
     def outbox_last_seq(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
 

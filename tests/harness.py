@@ -46,6 +46,11 @@ class RunningAgent:
     async def start(self) -> RunningAgent:
         self.agent = Agent(self.config, clock=self.clock or Clock("system"))
         self.task = asyncio.create_task(self.agent.run())
+        ready = asyncio.ensure_future(self.agent.ready.wait())
+        await asyncio.wait({ready, self.task}, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            ready.cancel()
+            self.task.result()  # the agent failed to start: show why
         return self
 
     async def stop(self) -> None:

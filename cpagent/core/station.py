@@ -203,12 +203,11 @@ class ChargingStation:
                 c.reported = current
                 self._emit(StatusChanged(c.id, *current, timestamp=now))
 
+    def _blocked(self, c: _Connector) -> bool:
+        return any(f.blocks_charging for f in {**self.station_faults, **c.faults})
+
     def _usable(self, c: _Connector) -> bool:
-        return (
-            c.operative
-            and self.station_operative
-            and not any(f.blocks_charging for f in {**self.station_faults, **c.faults})
-        )
+        return c.operative and self.station_operative and not self._blocked(c)
 
     # ---- the power path ----------------------------------------------------------------------
 
@@ -225,10 +224,12 @@ class ChargingStation:
     def _update_power(self, c: _Connector) -> None:
         """Close only for an authorized session whose vehicle asks for power; else open."""
         tx = c.transaction
+        # Availability is not checked: a change to Inoperative waits for the session's end
+        # (Scheduled), and no session starts on an unavailable connector.
         may_charge = (
             tx is not None
             and not tx.suspended_by_csms
-            and self._usable(c)
+            and not self._blocked(c)
             and c.pilot.vehicle_present
         )
         if not may_charge:
@@ -255,6 +256,7 @@ class ChargingStation:
                 self._stop(c, StopReason.EV_DISCONNECTED, now)
             if c.pending is not None and c.pending.authorized and previous.vehicle_present:
                 c.pending = None  # the session being prepared left with the car
+            self._update_power(c)  # open before the plug is released
             if previous.vehicle_present and self.settings.unlock_on_ev_disconnect:
                 self._emit(UnlockConnector(c.id))
         elif not previous.vehicle_present:
@@ -295,6 +297,9 @@ class ChargingStation:
                         self._update_power(c)
                         self._publish(now)
                         return
+        if any(c.pending is not None and c.pending.id_tag == id_tag
+               for c in self.connectors.values()):
+            return  # the same card again while we wait for the car: nothing new
         target = self._pick_connector(connector_id)
         if target is None:
             if parent_sessions and self.online:
@@ -302,8 +307,6 @@ class ChargingStation:
                 self._stop_requests[id_tag] = parent_sessions[0].id
                 self._emit(RequestAuthorization(id_tag))
             return
-        if target.pending is not None and target.pending.id_tag == id_tag:
-            return  # the same card again while we wait for the car: nothing new
         target.pending = _PendingAuth(id_tag, now)
         self._authorize(target, now)
         self._publish(now)
@@ -450,7 +453,11 @@ class ChargingStation:
 
     def clock_synchronised(self, now: float) -> None:
         self.clock_trusted = True
+        # The first boundary after this moment is due even if no tick comes before it passes.
+        interval = self.settings.clock_aligned_interval
         self._next_aligned_at = None
+        if interval > 0:
+            self._next_aligned_at = (math.floor(now / interval) + 1) * interval
 
     # ---- transactions ------------------------------------------------------------------------
 
@@ -505,6 +512,9 @@ class ChargingStation:
             if tx is None or tx.local_id != local_id:
                 continue
             tx.csms_id = csms_id
+            if info.parent_id_tag:
+                # A session started offline learns its card's group only now.
+                tx.parent_id_tag = info.parent_id_tag
             self.id_tag_info_received(tx.id_tag, info, now)
             if info.status is not AuthStatus.ACCEPTED:
                 if self.settings.stop_on_invalid_id:
@@ -634,7 +644,8 @@ class ChargingStation:
             return
         if now < self._next_aligned_at:
             return
-        boundary = self._next_aligned_at
+        # After a gap, one sample, for the latest boundary: the reading is of now, not of the gap.
+        boundary = math.floor(now / interval) * interval
         for c in self.connectors.values():
             if c.reading is None:
                 continue

@@ -10,7 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from cpagent.clock import format_time, parse_time
+import websockets
+
+from cpagent.clock import PLAUSIBLE_FLOOR, format_time, parse_time
 from cpagent.core.model import (
     Action,
     AuthCacheUpdated,
@@ -90,6 +92,9 @@ class Ocpp16Adapter:
         self._heartbeat_changed = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
         self._csms_ids: dict[int, int] = {}
+        # Set once the StartTransaction being sent has been answered and its transactionId
+        # handed to the core (or can no longer be): a RemoteStop may name that id meanwhile.
+        self._start_in_flight: asyncio.Event | None = None
         self._handlers: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "ChangeAvailability": self._change_availability,
             "ChangeConfiguration": self._change_configuration,
@@ -124,7 +129,9 @@ class Ocpp16Adapter:
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
-                    if not isinstance(exc, ConnectionLost):
+                    if isinstance(exc, ConnectionLost | websockets.ConnectionClosed):
+                        log.info("connection closed: %s", exc)
+                    else:
                         log.error("OCPP session failed", exc_info=exc)
         finally:
             rpc.close()
@@ -133,6 +140,7 @@ class Ocpp16Adapter:
             await asyncio.gather(reader, talker, return_exceptions=True)
             self.rpc = None
             self.online = False
+            self._start_settled()
             agent.outbox.drop_volatile("connection closed")
             agent.submit(lambda core, now: core.connection_changed(False, now))
 
@@ -363,10 +371,13 @@ class Ocpp16Adapter:
     # ---- the durable queue's hooks -----------------------------------------------------------
 
     async def _prepare(self, entry: OutboxEntry) -> dict | None:
+        self._start_settled()  # one durable message at a time: whatever went before is over
+        if entry.action == "StartTransaction":
+            self._start_in_flight = asyncio.Event()
         payload = copy.deepcopy(entry.payload)
-        clock = self.agent.clock
-        if not entry.clock_trusted and entry.boot_id == self.agent.boot_id and clock.trusted:
-            _shift_timestamps(payload, clock.correction)
+        shift = self._time_correction(entry)
+        if shift:
+            _shift_timestamps(payload, shift)
         if entry.tx_local_id is not None and entry.action != "StartTransaction":
             csms_id = await self._csms_id(entry.tx_local_id)
             if csms_id is None:
@@ -375,6 +386,22 @@ class Ocpp16Adapter:
                 return None
             payload["transactionId"] = csms_id
         return payload
+
+    def _time_correction(self, entry: OutboxEntry) -> float:
+        """How far to move the stamps of a message queued before the time was known."""
+        clock = self.agent.clock
+        if entry.clock_trusted or not clock.trusted:
+            return 0.0
+        if entry.boot_id == self.agent.boot_id:
+            return clock.correction
+        # Queued by an earlier run that never learnt the time. Its stamps are kept as they
+        # are when they could be true; a 1970-style or future clock is moved so its last stamp
+        # falls just before this run started, keeping the order and spacing of its events.
+        last = self.agent.untrusted_boots.get(entry.boot_id)
+        started = clock.process_start()
+        if last is None or PLAUSIBLE_FLOOR <= last <= started:
+            return 0.0
+        return started - 1.0 - last
 
     async def _csms_id(self, local_id: int) -> int | None:
         if local_id not in self._csms_ids:
@@ -387,19 +414,10 @@ class Ocpp16Adapter:
 
     async def _delivered(self, entry: OutboxEntry, answer: dict) -> None:
         if entry.action == "StartTransaction":
-            assert entry.tx_local_id is not None
-            local_id = entry.tx_local_id
-            csms_id = answer.get("transactionId")
-            if not isinstance(csms_id, int):
-                log.error("StartTransaction.conf without a usable transactionId: %s", answer)
-                return
-            info = id_tag_info(answer.get("idTagInfo"))
-            store = self.agent.store
-            await store.run(store.store.set_csms_id, local_id, csms_id)
-            self._csms_ids[local_id] = csms_id
-            await self.agent.ask(
-                lambda core, now: core.transaction_confirmed(local_id, csms_id, info, now)
-            )
+            try:
+                await self._start_confirmed(entry, answer)
+            finally:
+                self._start_settled()
         elif entry.action == "StopTransaction" and "idTagInfo" in answer:
             id_tag = entry.payload.get("idTag")
             if id_tag:
@@ -407,6 +425,26 @@ class Ocpp16Adapter:
                 await self.agent.ask(
                     lambda core, now: core.id_tag_info_received(id_tag, info, now)
                 )
+
+    async def _start_confirmed(self, entry: OutboxEntry, answer: dict) -> None:
+        assert entry.tx_local_id is not None
+        local_id = entry.tx_local_id
+        csms_id = answer.get("transactionId")
+        if not isinstance(csms_id, int):
+            log.error("StartTransaction.conf without a usable transactionId: %s", answer)
+            return
+        info = id_tag_info(answer.get("idTagInfo"))
+        store = self.agent.store
+        await store.run(store.store.set_csms_id, local_id, csms_id)
+        self._csms_ids[local_id] = csms_id
+        await self.agent.ask(
+            lambda core, now: core.transaction_confirmed(local_id, csms_id, info, now)
+        )
+
+    def _start_settled(self) -> None:
+        if self._start_in_flight is not None:
+            self._start_in_flight.set()
+            self._start_in_flight = None
 
     # ---- calls from the CSMS -----------------------------------------------------------------
 
@@ -499,9 +537,19 @@ class Ocpp16Adapter:
         if self.registration != "Accepted":
             return {"status": "Rejected"}
         transaction_id = payload["transactionId"]
-        stopped = await self.agent.ask(
-            lambda core, now: core.stop_transaction(transaction_id, StopReason.REMOTE, now)
-        )
+
+        def stop(core: ChargingStation, now: float) -> bool:
+            return core.stop_transaction(transaction_id, StopReason.REMOTE, now)
+
+        stopped = await self.agent.ask(stop)
+        in_flight = self._start_in_flight
+        if not stopped and in_flight is not None:
+            # The id may be the one a StartTransaction.conf just brought, still on its way to
+            # the core (the answer and this call can arrive back to back): look again once it
+            # is there, waiting no longer than that call may take.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(in_flight.wait(), self.agent.config.csms.call_timeout)
+            stopped = await self.agent.ask(stop)
         return {"status": "Accepted" if stopped else "Rejected"}
 
     async def _reset(self, payload: dict) -> dict:

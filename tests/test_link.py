@@ -1,0 +1,196 @@
+"""The link to the CSMS: dead-link detection, reconnects, late answers, subprotocols, time."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from dataclasses import replace
+
+import pytest
+from harness import booted
+from websockets.asyncio.server import serve
+
+from cpagent.clock import Clock, parse_time
+from cpagent.rpc import CallErrorReceived, CallTimeout, RpcEndpoint, RpcError, validate
+from cpagent.transport import backoff_delay
+
+
+async def test_half_open_link_is_detected_by_missing_pong_and_reconnected(csms, start_agent):
+    await start_agent(csms={"ping_interval": 1, "pong_timeout": 1})
+    await booted(csms)
+    first = csms.mark()
+    csms.pause("CP-TEST")  # the peer goes silent: no pongs, no answers, no FIN
+    began = time.monotonic()
+    # The agent must come back on a new connection within ping interval + pong timeout
+    # (+ backoff), and report its state afresh.
+    await csms.wait_for_call("StatusNotification", after=first, timeout=8)
+    assert time.monotonic() - began < 6
+    assert len(csms.calls("BootNotification")) == 1  # 1.6 boots once per start, not per link
+
+
+async def test_reconnects_every_time_the_csms_drops_it(csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    for _ in range(3):
+        mark = csms.mark()
+        await csms.drop("CP-TEST")
+        await csms.wait_for_call("StatusNotification", after=mark,
+                                 predicate=lambda p: p["connectorId"] == 1)
+    assert cp.agent.transport.connect_count == 4
+
+
+async def test_call_timeout_falls_back_to_the_offline_decision(csms, start_agent):
+    cp = await start_agent(csms={"call_timeout": 1})
+    await booted(csms)
+    csms.respond = False
+    cp.mock.plug(1)
+    cp.mock.swipe("UNKNOWN")
+    await csms.wait_for_call("Authorize")
+    await asyncio.sleep(1.3)
+    # Unknown card, AllowOfflineTxForUnknownId false: no session, contactor open.
+    await cp.settle()
+    assert cp.agent.core.connectors[1].transaction is None
+    assert not cp.agent.hardware.contactors[1].is_closed
+
+
+async def _answer_out_of_order(rpc: RpcEndpoint, sent: list[str]) -> None:
+    while not sent:
+        await asyncio.sleep(0)
+    unique_id = json.loads(sent[0])[1]
+    await rpc.receive(json.dumps([3, "someone-elses-id", {"currentTime": "x"}]))
+    await rpc.receive(json.dumps([3, unique_id, {"currentTime": "2026-01-01T00:00:00Z"}]))
+
+
+async def test_an_answer_to_no_call_in_flight_is_dropped_not_matched():
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    async def handler(action: str, payload: dict) -> dict:
+        return {}
+
+    rpc = RpcEndpoint("1.6", send, handler, call_timeout=2)
+    answering = asyncio.create_task(_answer_out_of_order(rpc, sent))
+    result = await rpc.call("Heartbeat", {})
+    await answering
+    assert result == {"currentTime": "2026-01-01T00:00:00Z"}
+    assert rpc.dropped_answers == 1
+    # A reply that turns up after its call timed out is dropped too.
+    sent.clear()
+    with pytest.raises(CallTimeout):
+        await rpc.call("Heartbeat", {}, timeout=0.05)
+    await rpc.receive(json.dumps([3, json.loads(sent[0])[1], {"currentTime": "x"}]))
+    assert rpc.dropped_answers == 2
+
+
+@pytest.mark.parametrize("spelling", ["FormationViolation", "FormatViolation"])
+async def test_call_errors_are_read_in_either_spelling(spelling):
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+        unique_id = json.loads(text)[1]
+        asyncio.get_running_loop().call_soon(
+            asyncio.ensure_future,
+            rpc.receive(json.dumps([4, unique_id, spelling, "bad", {}])),
+        )
+
+    async def handler(action: str, payload: dict) -> dict:
+        return {}
+
+    rpc = RpcEndpoint("1.6", send, handler)
+    with pytest.raises(CallErrorReceived) as raised:
+        await rpc.call("Heartbeat", {})
+    assert raised.value.code == "FormatViolation"
+
+
+async def test_calls_breaking_the_schema_get_the_1_6_error_codes():
+    sent: list[str] = []
+
+    async def send(text: str) -> None:
+        sent.append(text)
+
+    async def handler(action: str, payload: dict) -> dict:
+        return {"status": "Accepted"}
+
+    rpc = RpcEndpoint("1.6", send, handler)
+    await rpc.receive(json.dumps([2, "a", "Reset", {"type": "Sometimes"}]))
+    await rpc.receive(json.dumps([2, "b", "Reset", {}]))
+    await rpc.receive(json.dumps([2, "c", "Reset", {"type": "Soft", "extra": 1}]))
+    await rpc.receive(json.dumps([2, "d", "FooBar", {}]))
+    await rpc.receive('[2,"e","Reset",{"type":')  # cut off mid-frame
+    await rpc.receive("garbage")
+    for _ in range(20):
+        await asyncio.sleep(0)
+    answers = {json.loads(t)[1]: json.loads(t) for t in sent}
+    assert answers["a"][2] == "PropertyConstraintViolation"
+    assert answers["b"][2] == "ProtocolError"
+    assert answers["c"][2] == "FormationViolation"  # 1.6 spells it so on the wire
+    assert answers["d"][2] == "NotImplemented"
+    assert answers["e"][2] == "FormationViolation"
+    assert len(answers) == 5  # nothing to answer for a frame with no readable id
+
+
+def test_outgoing_payloads_are_checked_before_they_leave():
+    with pytest.raises(RpcError):
+        validate("1.6", 2, "StartTransaction", {"connectorId": 1, "idTag": "A"})
+    validate("1.6", 2, "Heartbeat", {})
+
+
+async def test_no_agreed_subprotocol_means_no_ocpp_session(tmp_path, start_agent):
+    frames: list[str] = []
+
+    async def handler(connection):
+        async for text in connection:
+            frames.append(text)
+
+    # A server that speaks no OCPP subprotocol at all.
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        cp = await start_agent(url=f"ws://127.0.0.1:{port}/ocpp")
+        for _ in range(100):
+            if cp.agent.transport.last_error:
+                break
+            await asyncio.sleep(0.02)
+        assert "agreed to no OCPP subprotocol" in cp.agent.transport.last_error
+        assert frames == []
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_ceiling():
+    rng = random.Random(7)
+    delays = [backoff_delay(n, 1.0, 60.0, rng) for n in range(12)]
+    for n, delay in enumerate(delays):
+        ceiling = min(60.0, 2.0**n)
+        assert ceiling / 2 <= delay <= ceiling
+    # Two chargers that lost the same CSMS do not come back in step.
+    other = [backoff_delay(n, 1.0, 60.0, random.Random(8)) for n in range(12)]
+    assert delays != other
+
+
+async def test_no_1970_timestamps_when_the_clock_is_only_set_by_the_csms(csms, start_agent):
+    # A board without a real-time clock: it believes it is 1970 until the CSMS says otherwise.
+    skew = time.time() - 86400  # "now" is one day after the epoch
+    clock = Clock("auto", wall=lambda: time.time() - skew, synchronised=lambda: False)
+    cp = await start_agent(clock=clock, csms={"url": "ws://127.0.0.1:9/unreachable"})
+    # The session starts while the CSMS is out of reach and the time unknown.
+    cp.mock.plug(1)
+    await cp.settle()
+    cp.agent.core.settings.allow_offline_unknown_id = True
+    cp.mock.swipe("NEWCARD")
+    await cp.settle()
+    assert cp.agent.core.connectors[1].transaction is not None
+    await cp.stop()
+    # The charger restarts, still without knowing the time, and now reaches the CSMS.
+    cp.config = replace(cp.config, csms=replace(cp.config.csms, url=csms.url))
+    await cp.start()
+    start = await csms.wait_for_call("StartTransaction", timeout=10)
+    stop = await csms.wait_for_call("StopTransaction", timeout=10)
+    assert stop.payload["reason"] == "PowerLoss"
+    began, ended = parse_time(start.payload["timestamp"]), parse_time(stop.payload["timestamp"])
+    assert time.time() - 60 < began <= ended <= time.time() + 1
+    for record in csms.calls():
+        if "timestamp" in record.payload:
+            assert parse_time(record.payload["timestamp"]) > time.time() - 60, record

@@ -22,7 +22,9 @@ from cpagent.clock import Clock, format_time
 from cpagent.config import Config
 from cpagent.core.model import (
     Action,
+    AuthCacheUpdated,
     AuthStatus,
+    AvailabilityChanged,
     CoreSettings,
     IdTagInfo,
     ResetNow,
@@ -55,7 +57,8 @@ T = TypeVar("T")
 CoreCall = Callable[[ChargingStation, float], T]
 
 METER_POLL_INTERVAL = 1.0
-SOFT_RESET_DRAIN = 10.0  # how long a soft reset waits for queued stops to reach the CSMS
+SOFT_RESET_DRAIN = 10.0
+CACHE_FLUSH_INTERVAL = 2.0  # how long a soft reset waits for queued stops to reach the CSMS
 
 
 class Agent:
@@ -100,6 +103,8 @@ class Agent:
             auth_cache=cache,
         )
         self.adapter.apply_settings(self.core)
+        if self.clock.trusted:
+            self.core.clock_synchronised(self.clock.now())
         self.transport = Transport(
             TransportSettings(
                 url=config.csms.endpoint_url,
@@ -121,6 +126,7 @@ class Agent:
         self.meter_stale: set[int] = set()
         self._background: set[asyncio.Future] = set()
         self.untrusted_boots: dict[str, float] = {}
+        self._cache_dirty: dict[str, tuple[str, str | None, float | None] | None] = {}
         self.ready = asyncio.Event()  # devices started, the core taking inputs
 
     # ---- feeding the core ---------------------------------------------------------------------
@@ -160,6 +166,13 @@ class Agent:
                     await self.hardware.contactors[c].set_closed(closed)
                 case UnlockConnector(connector_id=c):
                     await self.unlock_hardware(c)
+                case AuthCacheUpdated(id_tag=tag, info=info):
+                    # The cache only saves a round trip: it is written in batches, off the
+                    # path from a card tap to the contactor.
+                    self._cache_dirty[tag] = (None if info is None else
+                                              (info.status.value, info.parent_id_tag, info.expiry))
+                case AvailabilityChanged(connector_id=c, operative=operative):
+                    await self.store.run(self.store.store.put_state, f"operative.{c}", operative)
                 case ResetNow(hard=hard):
                     self._background.add(asyncio.ensure_future(self._finish_reset(hard)))
                 case _:
@@ -221,6 +234,24 @@ class Agent:
             await asyncio.sleep(1.0 - (self.clock.now() % 1.0) + 0.01)
             self.submit(lambda core, now: core.tick(now))
 
+    async def _flush_cache(self) -> None:
+        if self._cache_dirty:
+            dirty, self._cache_dirty = self._cache_dirty, {}
+            await self.store.run(self.store.store.put_auth_cache, dirty)
+
+    async def clear_auth_cache(self) -> None:
+        await self.ask(lambda core, now: core.clear_cache())
+        self._cache_dirty.clear()
+        await self.store.run(self.store.store.clear_auth_cache)
+
+    async def _keep_cache(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(CACHE_FLUSH_INTERVAL)
+                await self._flush_cache()
+        finally:
+            await self._flush_cache()
+
     async def _read_meters(self) -> None:
         while True:
             await self._poll_meters_once()
@@ -257,6 +288,7 @@ class Agent:
         tasks += [
             asyncio.create_task(self._tick(), name="tick"),
             asyncio.create_task(self._read_meters(), name="meters"),
+            asyncio.create_task(self._keep_cache(), name="cache"),
             asyncio.create_task(self.transport.run(), name="transport"),
         ]
         self.ready.set()

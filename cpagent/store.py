@@ -318,15 +318,17 @@ class Store:
         return {r[0]: (r[1], r[2], r[3]) for r in rows}
 
     def put_auth_cache(
-        self, id_tag: str, entry: tuple[str, str | None, float | None] | None
+        self, entries: dict[str, tuple[str, str | None, float | None] | None]
     ) -> None:
+        """Write cache changes in one commit; None removes an entry."""
         with self._tx() as db:
-            if entry is None:
-                db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (id_tag,))
-            else:
-                db.execute(
-                    "INSERT OR REPLACE INTO auth_cache VALUES (?, ?, ?, ?)", (id_tag, *entry)
-                )
+            for id_tag, entry in entries.items():
+                if entry is None:
+                    db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (id_tag,))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO auth_cache VALUES (?, ?, ?, ?)", (id_tag, *entry)
+                    )
 
     def clear_auth_cache(self) -> None:
         with self._tx() as db:

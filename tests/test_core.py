@@ -1085,6 +1085,28 @@ def test_clock_aligned_catch_up_after_a_gap_reports_once_at_the_latest_boundary(
     assert [a.sample.timestamp for a in rig.tick()] == [boundary + 5 * 900]
 
 
+def test_clock_aligned_interval_change_takes_effect_at_once():
+    rig = Rig(clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig.meter(5.0)
+    rig.cs.clock_synchronised(rig.now)
+    rig.later(1)
+    assert rig.tick() == []
+    rig.cs.settings.clock_aligned_interval = 60.0  # ChangeConfiguration
+    rig.later(1)
+    assert rig.tick() == []
+    boundary = math.ceil(rig.now / 60) * 60
+    rig.now = boundary
+    assert [a.sample.timestamp for a in rig.tick()] == [boundary]
+    rig.cs.settings.clock_aligned_interval = 0.0
+    rig.now = boundary + 3600
+    assert rig.tick() == []
+    rig.cs.settings.clock_aligned_interval = 900.0
+    rig.later(1)
+    assert rig.tick() == []
+    rig.now = math.ceil(rig.now / 900) * 900
+    assert [a.sample.timestamp for a in rig.tick()] == [rig.now]
+
+
 # ---- free vend ---------------------------------------------------------------------------
 
 

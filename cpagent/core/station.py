@@ -115,6 +115,7 @@ class ChargingStation:
             self.cache.put(tag, info)
         self._next_tx_id = next_transaction_id
         self._next_aligned_at: float | None = None
+        self._aligned_interval = 0.0  # the interval _next_aligned_at was computed with
         self._reset_pending: bool | None = None
         self._stop_requests: dict[str, int] = {}  # id tag being authorized -> connector to stop
         self._actions: list[Action] = []
@@ -454,10 +455,7 @@ class ChargingStation:
     def clock_synchronised(self, now: float) -> None:
         self.clock_trusted = True
         # The first boundary after this moment is due even if no tick comes before it passes.
-        interval = self.settings.clock_aligned_interval
-        self._next_aligned_at = None
-        if interval > 0:
-            self._next_aligned_at = (math.floor(now / interval) + 1) * interval
+        self._align(now)
 
     # ---- transactions ------------------------------------------------------------------------
 
@@ -639,8 +637,8 @@ class ChargingStation:
             # Without a trusted clock the boundaries would be fiction; report none.
             self._next_aligned_at = None
             return
-        if self._next_aligned_at is None:
-            self._next_aligned_at = (math.floor(now / interval) + 1) * interval
+        if self._next_aligned_at is None or interval != self._aligned_interval:
+            self._align(now)  # first trusted tick, or ClockAlignedDataInterval was changed
             return
         if now < self._next_aligned_at:
             return
@@ -653,4 +651,11 @@ class ChargingStation:
             if c.transaction is not None:
                 c.transaction.samples.append(sample)
             self._emit(MeterValuesReport(c.id, c.transaction, sample))
-        self._next_aligned_at = (math.floor(now / interval) + 1) * interval
+        self._align(now)
+
+    def _align(self, now: float) -> None:
+        """Aim at the first boundary of the configured interval after `now`."""
+        interval = self._aligned_interval = self.settings.clock_aligned_interval
+        self._next_aligned_at = None
+        if interval > 0:
+            self._next_aligned_at = (math.floor(now / interval) + 1) * interval

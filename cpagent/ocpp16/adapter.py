@@ -15,9 +15,7 @@ import websockets
 from cpagent.clock import PLAUSIBLE_FLOOR, format_time, parse_time
 from cpagent.core.model import (
     Action,
-    AuthCacheUpdated,
     AuthStatus,
-    AvailabilityChanged,
     IdTagInfo,
     MeterValuesReport,
     ReadingContext,
@@ -269,13 +267,6 @@ class Ocpp16Adapter:
                 await self._record_stop(action)
             case MeterValuesReport():
                 await self._meter_values(action)
-            case AuthCacheUpdated(id_tag=tag, info=info):
-                entry = None if info is None else (info.status.value, info.parent_id_tag,
-                                                   info.expiry)
-                await self.agent.store.run(self.agent.store.store.put_auth_cache, tag, entry)
-            case AvailabilityChanged(connector_id=c, operative=operative):
-                await self.agent.store.run(self.agent.store.store.put_state,
-                                           f"operative.{c}", operative)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -508,9 +499,7 @@ class Ocpp16Adapter:
         return answer
 
     async def _clear_cache(self, payload: dict) -> dict:
-        await self.agent.ask(lambda core, now: core.clear_cache())
-        store = self.agent.store
-        await store.run(store.store.clear_auth_cache)
+        await self.agent.clear_auth_cache()
         return {"status": "Accepted"}
 
     async def _data_transfer(self, payload: dict) -> dict:

@@ -1,0 +1,43 @@
+"""Shared bits of the benchmarks: a config file for a real `cpagent run` process."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def write_config(url: str, connectors: int = 1, identity: str = "BENCH-CP") -> Path:
+    folder = Path(tempfile.mkdtemp(prefix="cpagent-bench-"))
+    path = folder / "cpagent.toml"
+    path.write_text(
+        f'[charge_point]\nid = "{identity}"\n\n'
+        f'[csms]\nurl = "{url}"\n\n'
+        f'[station]\nconnectors = {connectors}\ndata_dir = "{folder}"\n'
+        f'control_socket = "{folder}/c.sock"\ntime_source = "system"\n\n'
+        '[logging]\nlevel = "WARNING"\n'
+    )
+    return path
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def agent_command(config: Path) -> list[str]:
+    return [sys.executable, "-m", "cpagent", "run", "--config", str(config)]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -524,13 +524,14 @@ def test_unlock_stops_the_session():
     assert actions == [
         *power_off(),
         TransactionStopped(tx, StopReason.UNLOCK_COMMAND, rig.now, 0.0, None),
-        UnlockConnector(1),
         rig.status_changed(St.FINISHING),
     ]
 
 
-def test_unlock_without_session():
-    assert Rig().call("unlock", 1) == (None, [UnlockConnector(1)])
+def test_unlock_without_session_leaves_the_lock_to_the_caller():
+    # The adapter drives the lock itself, to report whether it opened: the core must not
+    # pulse it a second time.
+    assert Rig().call("unlock", 1) == (None, [])
 
 
 def test_invalid_id_in_start_confirmation_deauthorizes():
@@ -1206,3 +1207,22 @@ def test_station_meter_failure_is_reported_everywhere_and_sessions_start():
     tx = rig.charging("CARD1", 1)
     assert rig.cs.status(1) == (St.CHARGING, Fault.POWER_METER_FAILURE, "modbus timeout")
     assert rig.cs.connector(1).transaction is tx
+
+
+def test_clearing_faults_keeps_the_one_the_pilot_still_shows():
+    rig = Rig()
+    rig.plug()
+    rig.pilot(PilotState.E)
+    rig.cs.fault_cleared(1, None, rig.now)
+    rig.take()
+    assert rig.cs.status(1)[:2] == (St.FAULTED, Fault.EV_COMMUNICATION_ERROR)
+
+
+def test_meter_stop_never_falls_below_meter_start_without_an_energy_reading():
+    rig = Rig()
+    rig.cs.meter_sample(1, MeterReading(energy_wh=5000.0))
+    tx = rig.charging()
+    rig.cs.meter_sample(1, MeterReading(energy_wh=None, power_w=0.0))
+    stopped = [a for a in rig.card("CARD1") if isinstance(a, TransactionStopped)]
+    assert tx.meter_start_wh == 5000.0
+    assert stopped[0].meter_stop_wh == 5000.0

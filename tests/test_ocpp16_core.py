@@ -477,11 +477,6 @@ async def test_clock_aligned_meter_values_fall_on_interval_boundaries(csms, star
     assert config["ClockAlignedDataInterval"]["value"] == "1"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "agent.py builds ChargingStation without telling it the clock is trusted: "
-    "core.clock_trusted stays False with Clock('system') (only adapter._take_time calls "
-    "core.clock_synchronised, and only when trust is gained from the CSMS), so "
-    "core._tick_aligned never reports clock-aligned MeterValues with a trusted system clock"))
 async def test_clock_aligned_meter_values_with_trusted_system_clock(csms, start_agent):
     cp = await start_agent()
     await booted(csms)
@@ -494,10 +489,6 @@ async def test_clock_aligned_meter_values_with_trusted_system_clock(csms, start_
     assert record.payload["meterValue"][0]["timestamp"].endswith(".000Z")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core._tick_aligned keeps the boundary (_next_aligned_at) computed with the old "
-    "ClockAlignedDataInterval: after a ChangeConfiguration from 900 to 1 the next "
-    "clock-aligned MeterValues comes only at the next multiple of 900 s"))
 async def test_clock_aligned_interval_change_takes_effect_at_once(csms, start_agent):
     await start_agent(clock=Clock("csms"))
     await booted(csms)

@@ -435,6 +435,12 @@ class ChargingStation:
             faults.clear()
         else:
             faults.pop(fault, None)
+        if connector_id != 0:
+            c = self.connector(connector_id)
+            if c.pilot in (PilotState.E, PilotState.F):
+                # Clearing an input does not clear what the pilot still shows.
+                c.faults.setdefault(Fault.EV_COMMUNICATION_ERROR,
+                                    f"control pilot in state {c.pilot}")
         self._publish(now)
 
     def meter_sample(self, connector_id: int, reading: MeterReading) -> None:
@@ -459,8 +465,10 @@ class ChargingStation:
 
     # ---- transactions ------------------------------------------------------------------------
 
-    def _energy(self, c: _Connector) -> float:
-        return c.reading.energy_wh if c.reading and c.reading.energy_wh is not None else 0.0
+    def _energy(self, c: _Connector, default: float = 0.0) -> float:
+        if c.reading is None or c.reading.energy_wh is None:
+            return default
+        return c.reading.energy_wh
 
     def _start(self, c: _Connector, now: float) -> None:
         assert c.pending is not None and c.pending.authorized
@@ -495,7 +503,9 @@ class ChargingStation:
         if c.reading is not None:
             tx.samples.append(Sample(now, ReadingContext.TRANSACTION_END, c.reading))
         c.finishing = c.pilot.vehicle_present
-        self._emit(TransactionStopped(tx, reason, now, self._energy(c), stopped_by))
+        # Without a reading the register cannot have gone below where the session began.
+        meter_stop = max(self._energy(c, default=tx.meter_start_wh), tx.meter_start_wh)
+        self._emit(TransactionStopped(tx, reason, now, meter_stop, stopped_by))
         if c.scheduled_operative is not None:
             self._apply_availability(c, c.scheduled_operative)
         if self._reset_pending is not None and not self.transactions():
@@ -546,11 +556,12 @@ class ChargingStation:
         return True
 
     def unlock(self, connector_id: int, now: float) -> None:
+        """Stop the session before the CSMS's UnlockConnector releases the plug; the caller
+        drives the lock itself, since it must report whether the lock opened."""
         c = self.connector(connector_id)
         if c.transaction is not None:
             self._stop(c, StopReason.UNLOCK_COMMAND, now)
             self._update_power(c)
-        self._emit(UnlockConnector(connector_id))
         self._publish(now)
 
     def change_availability(self, connector_id: int, operative: bool, now: float) -> Availability:

@@ -37,3 +37,16 @@ async def test_card_then_plug_charges(csms, start_agent):
     cp.mock.plug(1)
     await csms.wait_for_call("StartTransaction")
     await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Charging")
+
+
+async def test_free_vend_starts_on_plug_without_a_card(csms, start_agent):
+    cp = await start_agent(station={"free_vend": True, "free_vend_id_tag": "HOME"})
+    await booted(csms)
+    cp.mock.plug(1)
+    start = await csms.wait_for_call("StartTransaction")
+    assert start.payload["idTag"] == "HOME"
+    assert not csms.calls("Authorize")
+    await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Charging")
+    cp.mock.unplug(1)
+    stop = await csms.wait_for_call("StopTransaction")
+    assert stop.payload["reason"] == "EVDisconnected"

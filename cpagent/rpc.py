@@ -60,6 +60,10 @@ class RpcError(Exception):
         self.details = details or {}
 
 
+class NoReply(Exception):
+    """The call is deliberately left unanswered (OCPP 1.6 4.2: while a boot is Rejected)."""
+
+
 class CallErrorReceived(RpcError):
     """The CSMS answered one of our calls with a CallError."""
 
@@ -253,7 +257,11 @@ class RpcEndpoint:
             if not isinstance(call.payload, dict):
                 raise RpcError("FormatViolation", "payload must be a JSON object")
             validate(self.version, CALL, call.action, call.payload)
-            result = await self._handler(call.action, call.payload)
+            try:
+                result = await self._handler(call.action, call.payload)
+            except NoReply as exc:
+                log.info("leaving %s %s unanswered: %s", call.action, call.unique_id, exc)
+                return
             try:
                 validate(self.version, CALLRESULT, call.action, result)
             except RpcError as exc:

@@ -28,7 +28,14 @@ from cpagent.core.model import (
 from cpagent.ocpp16.configuration import KEYS, Configuration, InvalidValue
 from cpagent.ocpp16.metering import meter_value
 from cpagent.outbox import RetryPolicy
-from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint, RpcError
+from cpagent.rpc import (
+    CallErrorReceived,
+    CallTimeout,
+    ConnectionLost,
+    NoReply,
+    RpcEndpoint,
+    RpcError,
+)
 from cpagent.store import OutboxEntry, QueuedMessage, TransactionRow
 from hal.interfaces import Fault
 
@@ -444,7 +451,8 @@ class Ocpp16Adapter:
         if handler is None:
             raise RpcError("NotSupported", f"{action} is not supported by this charge point")
         if self.registration == "Rejected":
-            raise RpcError("SecurityError", "the central system has not accepted this station")
+            # OCPP 1.6 4.2: while Rejected the charge point does not respond to the CSMS.
+            raise NoReply("the central system rejected this station's BootNotification")
         return await handler(payload)
 
     def _connector_ok(self, connector_id: int, *, station: bool) -> bool:

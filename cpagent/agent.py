@@ -76,7 +76,8 @@ class Agent:
         data_dir = Path(config.station.data_dir)
         self.store = AsyncStore(Store(data_dir / "cpagent.db"))
         store = self.store.store
-        built = build_hardware(config.hardware, config.station.connectors, config.station.phases)
+        built = build_hardware(config.hardware, config.station.connectors, config.station.phases,
+                               data_dir)
         self.hardware: StationHardware = built.hardware
         self.mock: MockStation | None = built.mock
         self.outbox = Outbox(self.store)
@@ -95,12 +96,15 @@ class Agent:
             tag: IdTagInfo(AuthStatus(status), parent, expiry)
             for tag, (status, parent, expiry) in store.auth_cache().items()
         }
+        self.local_list_version, listed = store.local_list()
         self.core = ChargingStation(
             config.station.connectors,
             settings,
             next_transaction_id=store.next_transaction_id(),
             operative=operative,
             auth_cache=cache,
+            local_list={tag: IdTagInfo(AuthStatus(status), parent, expiry)
+                        for tag, (status, parent, expiry) in listed.items()},
         )
         self.adapter.apply_settings(self.core)
         if self.clock.trusted:
@@ -239,6 +243,23 @@ class Agent:
             dirty, self._cache_dirty = self._cache_dirty, {}
             await self.store.run(self.store.store.put_auth_cache, dirty)
 
+    async def write_local_list(
+        self, version: int, changes: dict[str, IdTagInfo | None], *, replace: bool
+    ) -> None:
+        """Persist, then tell the core: a list the CSMS was told is installed survives a
+        power cut."""
+        rows = {tag: None if info is None else (info.status.value, info.parent_id_tag,
+                                                info.expiry)
+                for tag, info in changes.items()}
+        await self.store.run(lambda: self.store.store.write_local_list(version, rows,
+                                                                       replace=replace))
+        self.local_list_version = version
+        if replace:
+            await self.ask(lambda core, now: core.replace_local_list(
+                {t: i for t, i in changes.items() if i is not None}))
+        else:
+            await self.ask(lambda core, now: core.update_local_list(changes))
+
     async def clear_auth_cache(self) -> None:
         await self.ask(lambda core, now: core.clear_cache())
         self._cache_dirty.clear()
@@ -267,7 +288,7 @@ class Agent:
                     self.meter_stale.add(connector_id)
                 continue
             self.meter_stale.discard(connector_id)
-            self.submit(lambda core, now, c=connector_id, r=reading: core.meter_sample(c, r))
+            self.submit(lambda core, now, c=connector_id, r=reading: core.meter_sample(c, r, now))
 
     async def run(self) -> str:
         """Run until a reset asks for a restart ("soft"/"hard") or the task is cancelled."""

@@ -196,11 +196,18 @@ class _CsmsChargePoint(_OcppChargePoint):
         return call_result.Authorize(id_tag_info=_id_tag_info(self._csms, id_tag))
 
     @on(Action.start_transaction)
-    def on_start_transaction(self, id_tag: str, **_: Any) -> call_result.StartTransaction:
-        self._csms._last_transaction_id += 1
+    def on_start_transaction(
+        self, id_tag: str, call_unique_id: str, **_: Any
+    ) -> call_result.StartTransaction:
+        # A charger resends a start whose answer it lost with the same message id: a CSMS
+        # that keys on that id counts the session once and gives the same transactionId.
+        csms = self._csms
+        if call_unique_id not in csms.transaction_ids:
+            csms._last_transaction_id += 1
+            csms.transaction_ids[call_unique_id] = csms._last_transaction_id
         return call_result.StartTransaction(
-            transaction_id=self._csms._last_transaction_id,
-            id_tag_info=_id_tag_info(self._csms, id_tag),
+            transaction_id=csms.transaction_ids[call_unique_id],
+            id_tag_info=_id_tag_info(csms, id_tag),
         )
 
     @on(Action.stop_transaction)
@@ -268,6 +275,7 @@ class DevCsms:
         self.parent_id_tags: dict[str, str] = {}
         self.respond = True
         self._last_transaction_id = 0
+        self.transaction_ids: dict[str, int] = {}  # StartTransaction message id -> its id
         self._server: Server | None = None
         self._sessions: dict[str, _Session] = {}
         # (identity, direction of the call, unique id) -> action, to name results/errors.

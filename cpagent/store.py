@@ -63,6 +63,14 @@ MIGRATIONS: list[str] = [
         expiry REAL
     );
     """,
+    """
+    CREATE TABLE local_list (
+        id_tag TEXT PRIMARY KEY,
+        status TEXT NOT NULL,
+        parent_id_tag TEXT,
+        expiry REAL
+    );
+    """,
 ]
 
 
@@ -329,6 +337,36 @@ class Store:
                     db.execute(
                         "INSERT OR REPLACE INTO auth_cache VALUES (?, ?, ?, ?)", (id_tag, *entry)
                     )
+
+    # ---- local authorization list ------------------------------------------------------------
+
+    def local_list(self) -> tuple[int, dict[str, tuple[str, str | None, float | None]]]:
+        rows = self._db.execute("SELECT id_tag, status, parent_id_tag, expiry FROM local_list")
+        return self.state("local_list_version", 0), {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    def write_local_list(
+        self,
+        version: int,
+        changes: dict[str, tuple[str, str | None, float | None] | None],
+        *,
+        replace: bool,
+    ) -> None:
+        """A full list replaces what was there; a differential one upserts and deletes (None).
+        Either way the entries and the version change in one commit."""
+        with self._tx() as db:
+            if replace:
+                db.execute("DELETE FROM local_list")
+            for id_tag, entry in changes.items():
+                if entry is None:
+                    db.execute("DELETE FROM local_list WHERE id_tag = ?", (id_tag,))
+                else:
+                    db.execute(
+                        "INSERT OR REPLACE INTO local_list VALUES (?, ?, ?, ?)", (id_tag, *entry)
+                    )
+            db.execute(
+                "INSERT OR REPLACE INTO state VALUES ('local_list_version', ?)",
+                (json.dumps(version),),
+            )
 
     def clear_auth_cache(self) -> None:
         with self._tx() as db:

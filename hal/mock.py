@@ -8,9 +8,11 @@ closed and the vehicle draws power, so sessions report believable figures.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from hal.interfaces import (
     CardPresented,
@@ -116,12 +118,23 @@ class MockMeter:
         self.energy_wh = 0.0
         self.failing = False
         self._last = clock()
+        # Like a real meter's register, the energy outlives the process when given a file.
+        self.state_file: Path | None = None
 
     async def start(self, emit: EventSink) -> None:
         self._last = self._clock()
+        if self.state_file is not None and self.state_file.exists():
+            with contextlib.suppress(ValueError, OSError):
+                self.energy_wh = float(self.state_file.read_text())
 
     async def stop(self) -> None:
         pass
+
+    def _persist(self) -> None:
+        if self.state_file is not None:
+            partial = self.state_file.with_suffix(".tmp")
+            partial.write_text(repr(self.energy_wh))
+            partial.replace(self.state_file)
 
     def power_w(self) -> float:
         if self._contactor.is_closed and self._pilot.state().wants_power:
@@ -130,8 +143,11 @@ class MockMeter:
 
     def _integrate(self) -> None:
         now = self._clock()
-        self.energy_wh += self.power_w() * (now - self._last) * self.speedup / 3600.0
+        added = self.power_w() * (now - self._last) * self.speedup / 3600.0
         self._last = now
+        if added:
+            self.energy_wh += added
+            self._persist()
 
     async def read(self) -> MeterReading:
         self._integrate()

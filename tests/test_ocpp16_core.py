@@ -920,7 +920,7 @@ async def test_get_configuration_all_keys(csms, start_agent):
     for key, readonly in REQUIRED_CORE_KEYS.items():
         assert entries[key]["readonly"] is readonly, key
     assert entries["NumberOfConnectors"]["value"] == "2"
-    assert entries["SupportedFeatureProfiles"]["value"] == "Core"
+    assert entries["SupportedFeatureProfiles"]["value"] == "Core,LocalAuthListManagement"
     assert entries["HeartbeatInterval"]["value"] == "300"
     assert entries["MeterValueSampleInterval"]["value"] == "60"
     assert entries["AuthorizeRemoteTxRequests"]["value"] == "true"

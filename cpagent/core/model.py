@@ -92,6 +92,7 @@ class Transaction:
     next_sample_at: float = 0.0
     samples: list[Sample] = field(default_factory=list)
     suspended_by_csms: bool = False  # StartTransaction.conf said the id tag is not valid
+    energy_cap_wh: float | None = None  # register value where an invalidated session ends
 
 
 @dataclass
@@ -110,6 +111,8 @@ class CoreSettings:
     allow_offline_unknown_id: bool = False
     auth_cache_enabled: bool = True
     auth_cache_size: int = 1024
+    local_list_enabled: bool = True
+    max_energy_on_invalid_id: float | None = None  # Wh a session may still take; None: no limit
     unlock_on_ev_disconnect: bool = True
     free_vend_id_tag: str | None = None
 

@@ -87,6 +87,9 @@ class AuthCache:
             evicted.append(self._entries.popitem(last=False)[0])
         return evicted
 
+    def remove(self, id_tag: str) -> None:
+        self._entries.pop(id_tag, None)
+
     def clear(self) -> None:
         self._entries.clear()
 
@@ -100,6 +103,7 @@ class ChargingStation:
         next_transaction_id: int = 1,
         operative: dict[int, bool] | None = None,
         auth_cache: dict[str, IdTagInfo] | None = None,
+        local_list: dict[str, IdTagInfo] | None = None,
     ) -> None:
         operative = operative or {}
         self.settings = settings
@@ -110,6 +114,7 @@ class ChargingStation:
         self.station_faults: dict[Fault, str] = {}
         self.online = False
         self.clock_trusted = False
+        self.local_list: dict[str, IdTagInfo] = dict(local_list or {})
         self.cache = AuthCache(settings.auth_cache_size)
         for tag, info in (auth_cache or {}).items():
             self.cache.put(tag, info)
@@ -289,7 +294,7 @@ class ChargingStation:
             c for c in self.connectors.values() if c.transaction and c.transaction.parent_id_tag
         ]
         if parent_sessions:
-            known = self.cache.get(id_tag) if self.settings.auth_cache_enabled else None
+            known = self._local_decision(id_tag, now)
             if known is not None and known.valid_at(now) and known.parent_id_tag:
                 for c in parent_sessions:
                     assert c.transaction is not None
@@ -328,6 +333,10 @@ class ChargingStation:
         return None
 
     def _local_decision(self, id_tag: str, now: float) -> IdTagInfo | None:
+        """What the charger knows of a card without asking: the local list is authoritative,
+        the cache only remembers."""
+        if self.settings.local_list_enabled and id_tag in self.local_list:
+            return self.local_list[id_tag]
         if not self.settings.auth_cache_enabled:
             return None
         return self.cache.get(id_tag)
@@ -398,11 +407,28 @@ class ChargingStation:
 
     def id_tag_info_received(self, id_tag: str, info: IdTagInfo, now: float) -> None:
         """Every idTagInfo the CSMS sends refreshes the authorization cache."""
-        if not self.settings.auth_cache_enabled:
-            return
+        if not self.settings.auth_cache_enabled or id_tag in self.local_list:
+            return  # OCPP 1.6 3.5.1: cards of the local list are not cached
         for evicted in self.cache.put(id_tag, info):
             self._emit(AuthCacheUpdated(evicted, None))
         self._emit(AuthCacheUpdated(id_tag, info))
+
+    def replace_local_list(self, entries: dict[str, IdTagInfo]) -> None:
+        self.local_list = dict(entries)
+        self._forget_listed()
+
+    def update_local_list(self, changes: dict[str, IdTagInfo | None]) -> None:
+        for tag, info in changes.items():
+            if info is None:
+                self.local_list.pop(tag, None)
+            else:
+                self.local_list[tag] = info
+        self._forget_listed()
+
+    def _forget_listed(self) -> None:
+        for tag in [t for t in self.local_list if self.cache.get(t) is not None]:
+            self.cache.remove(tag)
+            self._emit(AuthCacheUpdated(tag, None))
 
     def clear_cache(self) -> None:
         self.cache.clear()
@@ -443,8 +469,23 @@ class ChargingStation:
                                     f"control pilot in state {c.pilot}")
         self._publish(now)
 
-    def meter_sample(self, connector_id: int, reading: MeterReading) -> None:
-        self.connector(connector_id).reading = reading
+    def meter_sample(
+        self, connector_id: int, reading: MeterReading, now: float | None = None
+    ) -> None:
+        c = self.connector(connector_id)
+        c.reading = reading
+        tx = c.transaction
+        if (
+            tx is not None
+            and tx.energy_cap_wh is not None
+            and not tx.suspended_by_csms
+            and reading.energy_wh is not None
+            and reading.energy_wh >= tx.energy_cap_wh
+        ):
+            tx.suspended_by_csms = True  # the allowance for an invalidated card is used up
+            self._update_power(c)
+            if now is not None:
+                self._publish(now)
 
     # ---- connection and clock ----------------------------------------------------------------
 
@@ -525,8 +566,12 @@ class ChargingStation:
                 tx.parent_id_tag = info.parent_id_tag
             self.id_tag_info_received(tx.id_tag, info, now)
             if info.status is not AuthStatus.ACCEPTED:
+                allowance = self.settings.max_energy_on_invalid_id
+                cap = tx.meter_start_wh + (allowance or 0.0)  # MaxEnergyOnInvalidId
                 if self.settings.stop_on_invalid_id:
                     self._stop(c, StopReason.DE_AUTHORIZED, now)
+                elif allowance and self._energy(c, tx.meter_start_wh) < cap:
+                    tx.energy_cap_wh = cap
                 else:
                     tx.suspended_by_csms = True
                 self._update_power(c)

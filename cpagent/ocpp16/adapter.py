@@ -110,6 +110,8 @@ class Ocpp16Adapter:
             "RemoteStopTransaction": self._remote_stop,
             "Reset": self._reset,
             "UnlockConnector": self._unlock_connector,
+            "GetLocalListVersion": self._get_local_list_version,
+            "SendLocalList": self._send_local_list,
         }
 
     # ---- settings ---------------------------------------------------------------------------
@@ -508,6 +510,35 @@ class Ocpp16Adapter:
 
     async def _clear_cache(self, payload: dict) -> dict:
         await self.agent.clear_auth_cache()
+        return {"status": "Accepted"}
+
+    async def _get_local_list_version(self, payload: dict) -> dict:
+        # OCPP 1.6 5.10: 0 stands for an empty list, whatever version emptied it.
+        empty = not self.agent.core.local_list
+        return {"listVersion": 0 if empty else self.agent.local_list_version}
+
+    async def _send_local_list(self, payload: dict) -> dict:
+        version = payload["listVersion"]
+        entries = payload.get("localAuthorizationList") or []
+        full = payload["updateType"] == "Full"
+        if len(entries) > self.configuration.integer("SendLocalListMaxLength"):
+            log.warning("SendLocalList with %d entries exceeds SendLocalListMaxLength",
+                        len(entries))
+            return {"status": "Failed"}
+        if not full and version <= self.agent.local_list_version:
+            return {"status": "VersionMismatch"}
+        changes = {e["idTag"]: id_tag_info(e["idTagInfo"]) if "idTagInfo" in e else None
+                   for e in entries}
+        current = set() if full else set(self.agent.core.local_list)
+        after = (current | {t for t, i in changes.items() if i is not None}) - {
+            t for t, i in changes.items() if i is None}
+        if len(after) > self.configuration.integer("LocalAuthListMaxLength"):
+            log.warning("SendLocalList would hold %d entries, more than LocalAuthListMaxLength",
+                        len(after))
+            return {"status": "Failed"}
+        await self.agent.write_local_list(version, changes, replace=full)
+        log.info("local list %s update to version %d: %d entries now", payload["updateType"],
+                 version, len(after))
         return {"status": "Accepted"}
 
     async def _data_transfer(self, payload: dict) -> dict:

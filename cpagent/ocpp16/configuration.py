@@ -21,6 +21,8 @@ SUPPORTED_MEASURANDS = (
     "Current.Offered",
 )
 MEASURAND_LIST_MAX = len(SUPPORTED_MEASURANDS)
+LOCAL_LIST_MAX = 20_000  # entries kept; each costs ~200 bytes of memory
+SEND_LOCAL_LIST_MAX = 1_000  # entries in one SendLocalList
 PHASE_ROTATIONS = {"NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR"}
 
 
@@ -95,8 +97,12 @@ KEYS: dict[str, Key] = {
         Key("ConnectorPhaseRotationMaxLength", "int", "9", readonly=True),
         Key("GetConfigurationMaxKeys", "int", "64", readonly=True),
         Key("HeartbeatInterval", "int", "300", maximum=86400),
+        Key("LocalAuthListEnabled", "bool", "true", core_field="local_list_enabled"),
+        Key("LocalAuthListMaxLength", "int", str(LOCAL_LIST_MAX), readonly=True),
         Key("LocalAuthorizeOffline", "bool", "true", core_field="local_authorize_offline"),
         Key("LocalPreAuthorize", "bool", "false", core_field="local_pre_authorize"),
+        Key("MaxEnergyOnInvalidId", "int", "0", maximum=1_000_000,
+            core_field="max_energy_on_invalid_id"),
         _measurands("MeterValuesAlignedData", "Energy.Active.Import.Register"),
         Key("MeterValuesAlignedDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
         _measurands("MeterValuesSampledData", "Energy.Active.Import.Register,Power.Active.Import"),
@@ -105,6 +111,7 @@ KEYS: dict[str, Key] = {
             core_field="meter_sample_interval"),
         Key("NumberOfConnectors", "int", lambda n: str(n), readonly=True),
         Key("ResetRetries", "int", "1", maximum=10),
+        Key("SendLocalListMaxLength", "int", str(SEND_LOCAL_LIST_MAX), readonly=True),
         Key("StopTransactionOnEVSideDisconnect", "bool", "true",
             core_field="stop_on_ev_disconnect"),
         Key("StopTransactionOnInvalidId", "bool", "true", core_field="stop_on_invalid_id"),
@@ -112,7 +119,7 @@ KEYS: dict[str, Key] = {
         Key("StopTxnAlignedDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
         _measurands("StopTxnSampledData", ""),
         Key("StopTxnSampledDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
-        Key("SupportedFeatureProfiles", "csl", "Core", readonly=True),
+        Key("SupportedFeatureProfiles", "csl", "Core,LocalAuthListManagement", readonly=True),
         Key("SupportedFeatureProfilesMaxLength", "int", "6", readonly=True),
         Key("TransactionMessageAttempts", "int", "3", minimum=1, maximum=100),
         Key("TransactionMessageRetryInterval", "int", "60", maximum=86400),

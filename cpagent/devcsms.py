@@ -148,6 +148,12 @@ class _RecordingConnection:
                 return frame
             if record.kind == "call" and not self._csms.respond:
                 continue
+            if record.kind == "call" and self._csms.fail_calls.get(record.action, 0) > 0:
+                # A CSMS that cannot process the message right now answers with an error.
+                self._csms.fail_calls[record.action] -= 1
+                await self.send(json.dumps([4, record.unique_id, "InternalError",
+                                            "simulated failure", {}]))
+                continue
             if record.kind != "call" and record.unique_id in session.awaiting:
                 session.answers[record.unique_id] = record
             return frame
@@ -276,6 +282,7 @@ class DevCsms:
         self.respond = True
         self._last_transaction_id = 0
         self.transaction_ids: dict[str, int] = {}  # StartTransaction message id -> its id
+        self.fail_calls: dict[str, int] = {}  # action -> how many to answer with a CallError
         self._server: Server | None = None
         self._sessions: dict[str, _Session] = {}
         # (identity, direction of the call, unique id) -> action, to name results/errors.

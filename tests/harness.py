@@ -70,10 +70,21 @@ class RunningAgent:
         status = await self.agent.ask(lambda core, now: core.status(connector_id))
         return status[0].value
 
+    async def go_offline(self) -> None:
+        """Cut the link (as `cpagent sim network down`) and wait until the core knows."""
+        assert self.agent is not None
+        self.agent.transport.set_network(False)
+        while self.agent.core.online:
+            await asyncio.sleep(0.005)
+        await self.settle()
+
     async def settle(self) -> None:
-        """Wait until the core has handled everything submitted so far."""
+        """Wait until the core has handled everything submitted so far, including what the
+        devices reported while it carried out its own actions (a pilot answering a PWM)."""
         assert self.agent is not None
         await self.agent.ask(lambda core, now: None)
+        while not self.agent._inputs.empty():
+            await self.agent.ask(lambda core, now: None)
 
 
 async def booted(csms: DevCsms, identity: str = "CP-TEST", connectors: int = 1) -> None:

@@ -1,0 +1,230 @@
+"""Outages, lost answers, CSMS errors, restarts offline, the local list, a damaged database."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+
+from harness import RunningAgent, booted, make_config
+
+from cpagent.agent import Agent
+from cpagent.clock import Clock, parse_time
+from cpagent.devcsms import DevCsms
+
+CP = "CP-TEST"
+
+
+def transaction_ids(csms) -> list[int]:
+    return [r.payload["transactionId"] for r in csms.records
+            if r.kind == "result" and r.action == "StartTransaction"]
+
+
+async def configure(csms, key: str, value: str) -> None:
+    assert await csms.call(CP, "ChangeConfiguration", {"key": key, "value": value}) == {
+        "status": "Accepted"}
+
+
+async def test_offline_start_then_online_stop_carries_the_real_transaction_id(csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    await configure(csms, "AllowOfflineTxForUnknownId", "true")
+    await cp.go_offline()
+    cp.mock.plug(1)
+    cp.mock.swipe("OFFLINE1")
+    await cp.settle()
+    assert cp.agent.hardware.contactors[1].is_closed  # charging while offline
+    assert not csms.calls("StartTransaction")
+    mark = csms.mark()
+    cp.agent.transport.set_network(True)
+    start = await csms.wait_for_call("StartTransaction", after=mark)
+    assert start.payload["idTag"] == "OFFLINE1"
+    cp.mock.swipe("OFFLINE1")
+    stop = await csms.wait_for_call("StopTransaction", after=mark)
+    assert stop.payload["transactionId"] == transaction_ids(csms)[-1]
+    assert csms.records.index(start) < csms.records.index(stop)
+
+
+async def test_offline_start_stop_and_restart_still_reach_the_csms_in_order(tmp_path):
+    first = DevCsms()
+    await first.start()
+    port = int(first.url.rsplit(":", 1)[1].split("/")[0])
+    config = make_config(tmp_path / "agent", first.url)
+    cp = RunningAgent(config, Clock("system"))
+    await cp.start()
+    await booted(first)
+    await first.call(CP, "ChangeConfiguration",
+                     {"key": "AllowOfflineTxForUnknownId", "value": "true"})
+    await first.stop()  # the CSMS is gone
+    cp.mock.plug(1)
+    cp.mock.swipe("NIGHT")
+    await asyncio.sleep(0.3)
+    cp.mock.swipe("NIGHT")
+    await cp.settle()
+    await cp.restart()  # a reboot while still offline
+    second = DevCsms(port=port)
+    await second.start()
+    try:
+        start = await second.wait_for_call("StartTransaction")
+        stop = await second.wait_for_call("StopTransaction")
+        assert second.records.index(start) < second.records.index(stop)
+        assert stop.payload["transactionId"] == transaction_ids(second)[0]
+        assert stop.payload["reason"] == "Local"
+        assert stop.payload["meterStop"] >= start.payload["meterStart"]
+        assert parse_time(stop.payload["timestamp"]) >= parse_time(start.payload["timestamp"])
+    finally:
+        await cp.stop()
+        await second.stop()
+
+
+async def test_an_answer_lost_with_the_link_is_asked_again_with_the_same_message_id(
+        csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    await configure(csms, "AuthorizeRemoteTxRequests", "false")
+    cp.mock.plug(1)
+    await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Preparing")
+    csms.respond = False  # the CSMS takes the next message and the link dies before it answers
+    answer = await csms.call(CP, "RemoteStartTransaction", {"idTag": "REMOTE", "connectorId": 1})
+    assert answer == {"status": "Accepted"}
+    first = await csms.wait_for_call("StartTransaction")
+    csms.respond = True
+    await csms.drop(CP)
+    again = await csms.wait_for_call("StartTransaction", after=csms.records.index(first) + 1)
+    assert again.unique_id == first.unique_id
+    assert again.payload == first.payload
+    cp.mock.swipe("REMOTE")
+    stop = await csms.wait_for_call("StopTransaction")
+    assert stop.payload["transactionId"] == csms.transaction_ids[first.unique_id]
+    assert len(csms.transaction_ids) == 1
+
+
+async def test_call_errors_are_retried_per_transaction_message_attempts(csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    await configure(csms, "TransactionMessageAttempts", "3")
+    await configure(csms, "TransactionMessageRetryInterval", "0")
+    csms.fail_calls["StartTransaction"] = 2
+    cp.mock.plug(1)
+    cp.mock.swipe("RETRY")
+    await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Charging")
+    for _ in range(100):
+        if transaction_ids(csms):
+            break
+        await asyncio.sleep(0.02)
+    attempts = csms.calls("StartTransaction")
+    assert len(attempts) == 3 and len({a.unique_id for a in attempts}) == 1
+    cp.mock.swipe("RETRY")
+    stop = await csms.wait_for_call("StopTransaction")
+    assert stop.payload["transactionId"] == transaction_ids(csms)[0]
+
+
+async def test_a_start_refused_every_time_is_given_up_and_no_stop_goes_out_with_a_made_up_id(
+        csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    await configure(csms, "TransactionMessageAttempts", "2")
+    await configure(csms, "TransactionMessageRetryInterval", "0")
+    csms.fail_calls["StartTransaction"] = 2
+    cp.mock.plug(1)
+    cp.mock.swipe("DOOMED")
+    await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Charging")
+    cp.mock.swipe("DOOMED")
+    await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Finishing")
+    for _ in range(100):
+        if cp.agent.outbox.durable_depth == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert len(csms.calls("StartTransaction")) == 2
+    assert csms.calls("StopTransaction") == []  # never with transactionId -1 or a guess
+
+
+async def test_hours_offline_with_a_fake_clock(csms, start_agent):
+    now = [time.time()]
+    clock = Clock("system", wall=lambda: now[0])
+    cp = await start_agent(clock=clock)
+    await booted(csms)
+    await configure(csms, "AllowOfflineTxForUnknownId", "true")
+    await configure(csms, "MeterValueSampleInterval", "600")
+    await cp.go_offline()
+    cp.mock.plug(1)
+    cp.mock.swipe("LONG")
+    await cp.settle()
+    began = now[0]
+    for _ in range(6 * 3):  # three hours, ten minutes at a time
+        now[0] += 600
+        await cp.agent.ask(lambda core, t: core.tick(t))
+    cp.mock.swipe("LONG")
+    await cp.settle()
+    mark = csms.mark()
+    cp.agent.transport.set_network(True)
+    stop = await csms.wait_for_call("StopTransaction", after=mark)
+    values = [r for r in csms.calls("MeterValues") if csms.records.index(r) > mark
+              and r.payload["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Periodic"]
+    # One sample per interval, not a flood; all before the stop, all of this transaction.
+    assert 15 <= len(values) <= 19
+    stamps = [parse_time(v.payload["meterValue"][0]["timestamp"]) for v in values]
+    assert stamps == sorted(stamps)
+    assert all(csms.records.index(v) < csms.records.index(stop) for v in values)
+    assert {v.payload["transactionId"] for v in values} == {stop.payload["transactionId"]}
+    assert parse_time(stop.payload["timestamp"]) - began >= 3 * 3600 - 0.001
+
+
+async def test_local_list_full_and_differential_updates(csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    assert await csms.call(CP, "GetLocalListVersion", {}) == {"listVersion": 0}
+    full = {"listVersion": 5, "updateType": "Full", "localAuthorizationList": [
+        {"idTag": "GOOD", "idTagInfo": {"status": "Accepted"}},
+        {"idTag": "BLOCKED1", "idTagInfo": {"status": "Blocked"}},
+        {"idTag": "GONE", "idTagInfo": {"status": "Accepted"}},
+    ]}
+    assert await csms.call(CP, "SendLocalList", full) == {"status": "Accepted"}
+    assert await csms.call(CP, "GetLocalListVersion", {}) == {"listVersion": 5}
+    stale = {"listVersion": 5, "updateType": "Differential", "localAuthorizationList": []}
+    assert await csms.call(CP, "SendLocalList", stale) == {"status": "VersionMismatch"}
+    gap = {"listVersion": 9, "updateType": "Differential", "localAuthorizationList": [
+        {"idTag": "GONE"}, {"idTag": "NEW", "idTagInfo": {"status": "Accepted"}}]}
+    assert await csms.call(CP, "SendLocalList", gap) == {"status": "Accepted"}
+    assert sorted(cp.agent.core.local_list) == ["BLOCKED1", "GOOD", "NEW"]
+    too_many = {"listVersion": 10, "updateType": "Full", "localAuthorizationList": [
+        {"idTag": f"T{n}", "idTagInfo": {"status": "Accepted"}} for n in range(1001)]}
+    assert await csms.call(CP, "SendLocalList", too_many) == {"status": "Failed"}
+    assert await csms.call(CP, "GetLocalListVersion", {}) == {"listVersion": 9}
+    # The list outlives a restart and decides offline.
+    await cp.restart()
+    await csms.wait_connected(CP)
+    assert await csms.call(CP, "GetLocalListVersion", {}) == {"listVersion": 9}
+    await cp.go_offline()
+    cp.mock.plug(1)
+    cp.mock.swipe("BLOCKED1")
+    await cp.settle()
+    assert cp.agent.core.connectors[1].transaction is None
+    cp.mock.swipe("NEW")
+    await cp.settle()
+    assert cp.agent.core.connectors[1].transaction.id_tag == "NEW"
+    # Cards on the list are never cached.
+    assert cp.agent.core.cache.get("NEW") is None
+
+
+async def test_a_damaged_database_is_set_aside_and_the_agent_starts_fresh(tmp_path, csms):
+    data = tmp_path / "agent"
+    data.mkdir()
+    (data / "cpagent.db").write_bytes(b"this is not a database" * 100)
+    config = make_config(data, csms.url)
+    agent = Agent(config, clock=Clock("system"))
+    assert agent.store.store.recovered_from is not None
+    assert agent.store.store.recovered_from.read_bytes().startswith(b"this is not")
+    agent.store.close()
+    # A foreign SQLite file (another program's database) is set aside too.
+    (data / "cpagent.db").unlink()
+    foreign = sqlite3.connect(data / "cpagent.db")
+    foreign.execute("CREATE TABLE songs (title TEXT)")
+    foreign.execute("PRAGMA user_version = 1")
+    foreign.commit()
+    foreign.close()
+    cp = RunningAgent(config, Clock("system"))
+    await cp.start()
+    assert cp.agent.store.store.recovered_from is not None
+    await booted(csms)
+    await cp.stop()

@@ -58,7 +58,8 @@ CoreCall = Callable[[ChargingStation, float], T]
 
 METER_POLL_INTERVAL = 1.0
 SOFT_RESET_DRAIN = 10.0
-CACHE_FLUSH_INTERVAL = 2.0  # how long a soft reset waits for queued stops to reach the CSMS
+CACHE_FLUSH_INTERVAL = 2.0
+DISK_CHECK_INTERVAL = 30.0  # how long a soft reset waits for queued stops to reach the CSMS
 
 
 class Agent:
@@ -273,6 +274,33 @@ class Agent:
         finally:
             await self._flush_cache()
 
+    async def _guard_disk(self) -> None:
+        while True:
+            await self.keep_within_disk_limit()
+            await asyncio.sleep(DISK_CHECK_INTERVAL)
+
+    async def keep_within_disk_limit(self) -> int:
+        """Drop the oldest intermediate meter values while the database is over 90 % of its
+        limit; returns how many were dropped."""
+        store = self.store.store
+        limit = self.config.station.max_data_mb * 1024 * 1024
+        dropped = 0
+        while await self.store.run(store.data_bytes) > 0.9 * limit:
+            batch = await self.store.run(store.drop_oldest_meter_values, 1000)
+            if not batch:
+                self.last_error = "database full of transaction starts and stops"
+                log.critical("data limit of %d MiB reached and nothing droppable is left; "
+                             "raise station.max_data_mb", self.config.station.max_data_mb)
+                break
+            dropped += batch
+        if dropped:
+            self.outbox.durable_depth = await self.store.run(store.outbox_count)
+            self.last_error = f"dropped {dropped} queued meter values: data limit reached"
+            log.error("data limit of %d MiB nearly reached: dropped the %d oldest queued "
+                      "intermediate meter values (no start or stop)",
+                      self.config.station.max_data_mb, dropped)
+        return dropped
+
     async def _read_meters(self) -> None:
         while True:
             await self._poll_meters_once()
@@ -310,6 +338,7 @@ class Agent:
             asyncio.create_task(self._tick(), name="tick"),
             asyncio.create_task(self._read_meters(), name="meters"),
             asyncio.create_task(self._keep_cache(), name="cache"),
+            asyncio.create_task(self._guard_disk(), name="disk"),
             asyncio.create_task(self.transport.run(), name="transport"),
         ]
         self.ready.set()

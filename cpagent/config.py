@@ -90,6 +90,7 @@ class StationSettings:
     free_vend_id_tag: str
     control_socket: Path
     time_source: str
+    max_data_mb: int
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "free_vend_id_tag": (_text(1, 20), "FREEVEND"),
         "control_socket": (_path, None),  # None: data_dir / "control.sock"
         "time_source": (_choice("auto", "system", "csms"), "auto"),
+        "max_data_mb": (_int(8, 65536), 512),
     },
     "logging": {
         "level": (_choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True), "INFO"),

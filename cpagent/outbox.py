@@ -24,6 +24,8 @@ from cpagent.store import AsyncStore, OutboxEntry
 
 log = logging.getLogger(__name__)
 
+READ_AHEAD = 64
+
 
 @dataclass
 class _Volatile:
@@ -47,6 +49,8 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self.last_durable_seq = 0
         self.durable_depth = 0
+        self._done_upto = 0
+        self._deleting: asyncio.Future | None = None
 
     async def open(self) -> None:
         self.durable_depth = await self._store.run(self._store.store.outbox_count)
@@ -84,25 +88,56 @@ class Outbox:
     ) -> None:
         """Send until the connection fails. `prepare` turns a stored entry into the payload
         to send now (None: cannot be sent, drop it); `delivered` takes the CSMS's answer."""
-        head: OutboxEntry | None = None
-        while True:
-            if self._urgent:
-                await self._send_volatile(rpc, self._urgent.popleft())
-                continue
-            if head is None and self.durable_depth > 0:
-                found = await self._store.run(self._store.store.outbox_head, 1)
-                head = found[0] if found else None
-                if head is None:
-                    self.durable_depth = 0
-            if self._ordered and (head is None or self._ordered[0].watermark < head.seq):
-                await self._send_volatile(rpc, self._ordered.popleft())
-                continue
-            if head is not None:
-                if await self._send_durable(rpc, head, prepare, delivered, policy):
-                    head = None
-                continue
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        # Entries are read ahead in small batches and deleted in batches behind the cursor:
+        # one store round trip per batch, not two per message. A crash before a delete
+        # commits only resends delivered messages with their own ids, which a CSMS
+        # recognises; it never loses one.
+        ahead: deque[OutboxEntry] = deque()
+        cursor = 0
+        try:
+            while True:
+                if self._urgent:
+                    await self._send_volatile(rpc, self._urgent.popleft())
+                    continue
+                if not ahead and self.durable_depth > 0:
+                    ahead.extend(await self._store.run(self._store.store.outbox_after,
+                                                       cursor, READ_AHEAD))
+                    if not ahead:
+                        self.durable_depth = 0
+                head = ahead[0] if ahead else None
+                if self._ordered and (head is None or self._ordered[0].watermark < head.seq):
+                    await self._send_volatile(rpc, self._ordered.popleft())
+                    continue
+                if head is not None:
+                    if await self._send_durable(rpc, head, prepare, delivered, policy):
+                        ahead.popleft()
+                        cursor = head.seq
+                        self.durable_depth = max(0, self.durable_depth - 1)
+                        self._forget_upto(cursor)
+                    else:
+                        ahead.clear()  # read again: its attempt count changed
+                    continue
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            if cursor:
+                self._forget_upto(cursor)
+
+    def _forget_upto(self, seq: int) -> None:
+        self._done_upto = max(self._done_upto, seq)
+        if self._deleting is None or self._deleting.done():
+            self._deleting = asyncio.ensure_future(self._delete_behind())
+
+    async def _delete_behind(self) -> None:
+        deleted = 0
+        while deleted < self._done_upto:
+            deleted = self._done_upto
+            await self._store.run(self._store.store.outbox_done_upto, deleted)
+
+    async def flush(self) -> None:
+        """Wait until delivered entries are deleted from the store."""
+        while self._deleting is not None and not self._deleting.done():
+            await asyncio.shield(self._deleting)
 
     async def _send_volatile(self, rpc: RpcEndpoint, message: _Volatile) -> None:
         try:
@@ -125,31 +160,23 @@ class Outbox:
         delivered: Callable[[OutboxEntry, dict], Awaitable[None]],
         policy: RetryPolicy,
     ) -> bool:
-        """True when the entry is finished with (delivered or given up)."""
-        store = self._store.store
+        """True when the entry is finished with (delivered or given up); False to try again."""
         payload = await prepare(entry)
         if payload is None:
-            await self._finish(entry)
             return True
         try:
             result = await rpc.call(entry.action, payload, unique_id=entry.unique_id)
         except (CallErrorReceived, CallTimeout) as exc:
-            await self._store.run(store.outbox_attempted, entry.seq)
+            await self._store.run(self._store.store.outbox_attempted, entry.seq)
             attempts = entry.attempts + 1
             if attempts >= policy.attempts():
                 log.error("giving up %s %s after %d attempts: %s",
                           entry.action, entry.unique_id, attempts, exc)
-                await self._finish(entry)
                 return True
             wait = policy.interval() * attempts
             log.warning("%s %s failed (%s); attempt %d of %d in %.0f s", entry.action,
                         entry.unique_id, exc, attempts + 1, policy.attempts(), wait)
             await asyncio.sleep(wait)
-            return True  # re-read from the store with its new attempt count
+            return False
         await delivered(entry, result)
-        await self._finish(entry)
         return True
-
-    async def _finish(self, entry: OutboxEntry) -> None:
-        await self._store.run(self._store.store.outbox_done, entry.seq)
-        self.durable_depth = max(0, self.durable_depth - 1)

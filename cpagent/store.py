@@ -70,6 +70,7 @@ MIGRATIONS: list[str] = [
         parent_id_tag TEXT,
         expiry REAL
     );
+    CREATE INDEX outbox_untrusted ON outbox (boot_id, created_at) WHERE clock_trusted = 0;
     """,
 ]
 
@@ -305,15 +306,43 @@ class Store:
         )
         return dict(rows.fetchall())
 
+    def data_bytes(self) -> int:
+        """Bytes the database really holds: freed pages are reused before the file grows."""
+        pages = self._db.execute("PRAGMA page_count").fetchone()[0]
+        free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self._db.execute("PRAGMA page_size").fetchone()[0]
+        return (pages - free) * size
+
+    def drop_oldest_meter_values(self, count: int) -> int:
+        """Intermediate readings go first when disk runs short; starts and stops never."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
+                " WHERE action = 'MeterValues' ORDER BY seq LIMIT ?)",
+                (count,),
+            )
+            return cursor.rowcount
+
     def outbox_last_seq(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
 
+    def outbox_after(self, seq: int, limit: int) -> list[OutboxEntry]:
+        rows = self._db.execute(
+            "SELECT seq, unique_id, action, payload, tx_local_id, created_at, clock_trusted,"
+            " boot_id, attempts FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [
+            OutboxEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], bool(r[6]), r[7], r[8])
+            for r in rows
+        ]
+
+    def outbox_done_upto(self, seq: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM outbox WHERE seq <= ?", (seq,))
+
     def outbox_count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-
-    def outbox_done(self, seq: int) -> None:
-        with self._tx() as db:
-            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
 
     def outbox_attempted(self, seq: int) -> None:
         with self._tx() as db:

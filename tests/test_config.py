@@ -121,7 +121,7 @@ def test_defaults(tmp_path):
     assert config.station == StationSettings(
         connectors=1, data_dir=Path("/var/lib/cpagent"), max_current=32.0, phases=3,
         free_vend=False, free_vend_id_tag="FREEVEND",
-        control_socket=Path("/var/lib/cpagent/control.sock"), time_source="auto",
+        control_socket=Path("/var/lib/cpagent/control.sock"), time_source="auto", max_data_mb=512,
     )
     for kind in ("pilot", "contactor", "meter", "card_reader"):
         assert getattr(config.hardware, kind) == DeviceSettings(driver="mock", options={})

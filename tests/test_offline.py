@@ -192,8 +192,9 @@ async def test_local_list_full_and_differential_updates(csms, start_agent):
     assert await csms.call(CP, "SendLocalList", too_many) == {"status": "Failed"}
     assert await csms.call(CP, "GetLocalListVersion", {}) == {"listVersion": 9}
     # The list outlives a restart and decides offline.
+    mark = csms.mark()
     await cp.restart()
-    await csms.wait_connected(CP)
+    await csms.wait_for_call("StatusNotification", after=mark)  # the new link is up
     assert await csms.call(CP, "GetLocalListVersion", {}) == {"listVersion": 9}
     await cp.go_offline()
     cp.mock.plug(1)
@@ -228,3 +229,34 @@ async def test_a_damaged_database_is_set_aside_and_the_agent_starts_fresh(tmp_pa
     assert cp.agent.store.store.recovered_from is not None
     await booted(csms)
     await cp.stop()
+
+
+async def test_near_the_data_limit_old_meter_values_go_and_starts_and_stops_stay(
+        csms, start_agent):
+    cp = await start_agent(station={"max_data_mb": 8})
+    await booted(csms)
+    await cp.go_offline()
+    agent = cp.agent
+    store = agent.store.store
+    from cpagent.store import QueuedMessage
+
+    big = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-23T00:00:00.000Z",
+                                             "sampledValue": [{"value": "1" * 2000}]}]}
+    start = QueuedMessage("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0,
+                                               "timestamp": "2026-11-23T00:00:00.000Z"},
+                          1, time.time(), True, agent.boot_id)
+    await agent.store.run(store.enqueue, start)
+    for _ in range(5000):  # ~10 MB of readings queued through a long outage
+        await agent.store.run(store.enqueue, QueuedMessage("MeterValues", big, 1, time.time(),
+                                                           True, agent.boot_id))
+    stop = QueuedMessage("StopTransaction", {"meterStop": 5, "timestamp":
+                                             "2026-11-23T01:00:00.000Z"},
+                         1, time.time(), True, agent.boot_id)
+    await agent.store.run(store.enqueue, stop)
+    dropped = await agent.keep_within_disk_limit()
+    assert dropped > 0
+    assert await agent.store.run(store.data_bytes) <= 0.9 * 8 * 1024 * 1024
+    actions = [e.action for e in await agent.store.run(store.outbox_head, 100000)]
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    assert actions.count("MeterValues") == 5000 - dropped
+    assert "dropped" in cp.agent.last_error

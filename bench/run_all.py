@@ -8,5 +8,5 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("startup.py", "tap_to_contactor.py", "memory.py"):
+for script in ("startup.py", "tap_to_contactor.py", "memory.py", "durable_queue.py"):
     subprocess.run([sys.executable, str(HERE / script)], check=False)

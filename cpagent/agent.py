@@ -32,6 +32,7 @@ from cpagent.core.model import (
     SetCurrentLimit,
     StopReason,
     Transaction,
+    TransactionStarted,
     UnlockConnector,
 )
 from cpagent.core.station import ChargingStation
@@ -59,7 +60,15 @@ CoreCall = Callable[[ChargingStation, float], T]
 METER_POLL_INTERVAL = 1.0
 SOFT_RESET_DRAIN = 10.0
 CACHE_FLUSH_INTERVAL = 2.0
-DISK_CHECK_INTERVAL = 30.0  # how long a soft reset waits for queued stops to reach the CSMS
+DISK_CHECK_INTERVAL = 30.0
+DEVICE_TIMEOUT = 5.0  # a device command that hangs must not stall the core
+CLOCK_CHECK_TICKS = 10
+MAX_ID_TAG = 20  # OCPP 1.6 IdToken
+
+
+def _powers(action: Action) -> bool:
+    return (isinstance(action, SetCurrentLimit) and action.amps > 0) or (
+        isinstance(action, SetContactor) and action.closed)
 
 
 class Agent:
@@ -156,19 +165,36 @@ class Agent:
                 if future is not None and not future.done():
                     future.set_exception(exc)
                 continue
-            for action in self.core.drain():
-                await self._execute(action)
+            await self._carry_out(self.core.drain())
             if future is not None and not future.done():
                 future.set_result(result)
 
-    async def _execute(self, action: Action) -> None:
+    async def _carry_out(self, actions: list[Action]) -> None:
+        while actions:
+            unrecorded: list[TransactionStarted] = []
+            for action in actions:
+                if _powers(action) and action.connector_id in {
+                        a.transaction.connector_id for a in unrecorded}:
+                    continue  # no energy for a session the store could not record
+                if not await self._execute(action) and isinstance(action, TransactionStarted):
+                    unrecorded.append(action)
+            for failed in unrecorded:
+                tx = failed.transaction
+                self.last_error = f"session on connector {tx.connector_id} not started: " \
+                                  "it could not be recorded"
+                self.core.start_not_recorded(tx.local_id, self.clock.now())
+            actions = self.core.drain()
+
+    async def _execute(self, action: Action) -> bool:
         try:
             match action:
                 case SetCurrentLimit(connector_id=c, amps=amps):
-                    await self.hardware.pilots[c].set_current_limit(amps)
+                    await asyncio.wait_for(self.hardware.pilots[c].set_current_limit(amps),
+                                           DEVICE_TIMEOUT)
                 case SetContactor(connector_id=c, closed=closed):
                     log.info("connector %d: contactor %s", c, "closed" if closed else "open")
-                    await self.hardware.contactors[c].set_closed(closed)
+                    await asyncio.wait_for(self.hardware.contactors[c].set_closed(closed),
+                                           DEVICE_TIMEOUT)
                 case UnlockConnector(connector_id=c):
                     await self.unlock_hardware(c)
                 case AuthCacheUpdated(id_tag=tag, info=info):
@@ -187,12 +213,18 @@ class Agent:
             # next input is handled.
             self.last_error = f"{type(action).__name__} failed"
             log.exception("carrying out %s failed", action)
+            return False
+        return True
 
     def _hal_event(self, event: HalEvent) -> None:
         match event:
             case PilotChanged(connector_id=c, state=state):
                 self.submit(lambda core, now: core.pilot_changed(c, state, now))
             case CardPresented(uid=uid, connector_id=c):
+                if not uid or len(uid) > MAX_ID_TAG:
+                    log.warning("ignoring card id %r: OCPP id tags have 1 to %d characters",
+                                uid, MAX_ID_TAG)
+                    return
                 log.info("card %s presented", uid)
                 self.submit(lambda core, now: core.card_presented(uid, c, now))
             case FaultRaised(connector_id=c, fault=fault, info=info):
@@ -210,12 +242,15 @@ class Agent:
         connector = self.core.connectors.get(connector_id)
         return connector.offered_amps if connector else 0.0
 
+    def has_lock(self, connector_id: int) -> bool:
+        return connector_id in self.hardware.locks
+
     async def unlock_hardware(self, connector_id: int) -> bool | None:
         lock = self.hardware.locks.get(connector_id)
         if lock is None:
             return None
         try:
-            return await lock.unlock()
+            return await asyncio.wait_for(lock.unlock(), DEVICE_TIMEOUT)
         except Exception:
             log.exception("unlocking connector %d failed", connector_id)
             return False
@@ -234,9 +269,13 @@ class Agent:
     # ---- loops -------------------------------------------------------------------------------
 
     async def _tick(self) -> None:
+        ticks = 0
         while True:
             # Wake just after each wall-clock second, so clock-aligned samples land on time.
             await asyncio.sleep(1.0 - (self.clock.now() % 1.0) + 0.01)
+            ticks += 1
+            if ticks % CLOCK_CHECK_TICKS == 0 and self.clock.check_system():
+                self.submit(lambda core, now: core.clock_synchronised(now))
             self.submit(lambda core, now: core.tick(now))
 
     async def _flush_cache(self) -> None:
@@ -270,13 +309,19 @@ class Agent:
         try:
             while True:
                 await asyncio.sleep(CACHE_FLUSH_INTERVAL)
-                await self._flush_cache()
+                try:
+                    await self._flush_cache()
+                except Exception:
+                    log.exception("writing the authorization cache failed; retrying later")
         finally:
             await self._flush_cache()
 
     async def _guard_disk(self) -> None:
         while True:
-            await self.keep_within_disk_limit()
+            try:
+                await self.keep_within_disk_limit()
+            except Exception:
+                log.exception("checking the data limit failed")
             await asyncio.sleep(DISK_CHECK_INTERVAL)
 
     async def keep_within_disk_limit(self) -> int:
@@ -303,7 +348,10 @@ class Agent:
 
     async def _read_meters(self) -> None:
         while True:
-            await self._poll_meters_once()
+            try:
+                await self._poll_meters_once()
+            except Exception:
+                log.exception("polling the meters failed")
             await asyncio.sleep(METER_POLL_INTERVAL)
 
     async def _poll_meters_once(self) -> None:
@@ -314,6 +362,7 @@ class Agent:
                 if connector_id not in self.meter_stale:
                     log.warning("meter of connector %d unreadable: %s", connector_id, exc)
                     self.meter_stale.add(connector_id)
+                    self.submit(lambda core, now, c=connector_id: core.meter_failed(c))
                 continue
             self.meter_stale.discard(connector_id)
             self.submit(lambda core, now, c=connector_id, r=reading: core.meter_sample(c, r, now))

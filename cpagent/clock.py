@@ -22,6 +22,7 @@ _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 # No stamp before this can be true for this software: a clock reading earlier is a board
 # that booted without knowing the date.
 PLAUSIBLE_FLOOR = 1_704_067_200.0  # 2024-01-01T00:00:00Z
+PLAUSIBLE_CEILING = 7_258_118_400.0  # 2200-01-01T00:00:00Z
 
 
 def system_clock_synchronised() -> bool:
@@ -36,38 +37,73 @@ def system_clock_synchronised() -> bool:
 
 
 class Clock:
+    """Until the time is known, time runs on the monotonic clock from where the system clock
+    stood at start, so a step of the system clock (NTP arriving late) cannot bend the stamps
+    already taken; when the time becomes known they are all moved by one correction."""
+
     def __init__(
         self,
         source: str = "auto",
         wall: Callable[[], float] = time.time,
         synchronised: Callable[[], bool] = system_clock_synchronised,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self._wall = wall
+        self._monotonic = monotonic
+        self._synchronised = synchronised
         self.offset = 0.0
         self.correction = 0.0  # what to add to stamps taken before the time was known
-        self.trusted = source == "system" or (source == "auto" and synchronised())
         self._started_wall = wall()
+        self._started_mono = monotonic()
+        self.trusted = source == "system" or (source == "auto" and synchronised())
+        # Stamps below this were taken before the time was known (see stamp_trusted).
+        self.trusted_from = float("-inf") if self.trusted else float("inf")
+
+    def _untrusted_now(self) -> float:
+        return self._started_wall + (self._monotonic() - self._started_mono)
 
     def process_start(self) -> float:
         """When this process started, on the best clock known now."""
         return self._started_wall + (self.correction if self.trusted else 0.0)
 
     def now(self) -> float:
+        if not self.trusted:
+            return self._untrusted_now()
         return self._wall() + self.offset
 
+    def stamp_trusted(self, stamp: float) -> bool:
+        return self.trusted and stamp >= self.trusted_from
+
+    def _gain_trust(self, true_now: float, why: str) -> None:
+        self.correction = true_now - self._untrusted_now()
+        self.trusted = True
+        self.trusted_from = true_now - 0.5
+        log.info("time known from %s (stamps taken before move by %+.3f s)", why,
+                 self.correction)
+
+    def check_system(self) -> bool:
+        """In auto mode, trust the system clock once the kernel reports it synchronised;
+        True when trust was just gained."""
+        if self.trusted or self.source != "auto" or not self._synchronised():
+            return False
+        self.offset = 0.0
+        self._gain_trust(self._wall(), "the synchronised system clock")
+        return True
+
     def csms_time(self, csms_now: float) -> bool:
-        """Take the CSMS's time when ours is not trusted; True when trust was just gained."""
+        """Take the CSMS's time when ours is not trusted; True when trust was just gained.
+        A time no software of ours can run at (before 2024, after 2200) is ignored."""
         if self.source == "system" or (self.trusted and self.source == "auto"):
             return False
-        offset = csms_now - self._wall()
-        gained = not self.trusted
-        if gained:
-            self.correction = offset - self.offset
-            log.info("clock set from the CSMS (offset %+.3f s)", offset)
-        self.offset = offset
-        self.trusted = True
-        return gained
+        if not PLAUSIBLE_FLOOR <= csms_now <= PLAUSIBLE_CEILING:
+            log.warning("ignoring an implausible time from the CSMS (%.0f)", csms_now)
+            return False
+        self.offset = csms_now - self._wall()
+        if self.trusted:
+            return False
+        self._gain_trust(csms_now, "the CSMS")
+        return True
 
 
 def format_time(ts: float) -> str:

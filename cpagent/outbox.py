@@ -14,12 +14,14 @@ reports the current state afresh on the next connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint
+from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint, RpcError
 from cpagent.store import AsyncStore, OutboxEntry
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class Outbox:
         # recognises; it never loses one.
         ahead: deque[OutboxEntry] = deque()
         cursor = 0
+        retry_at: dict[int, float] = {}  # seq -> when a failed entry may go again
         try:
             while True:
                 if self._urgent:
@@ -109,12 +112,22 @@ class Outbox:
                     await self._send_volatile(rpc, self._ordered.popleft())
                     continue
                 if head is not None:
-                    if await self._send_durable(rpc, head, prepare, delivered, policy):
+                    pause = retry_at.get(head.seq, 0.0) - time.monotonic()
+                    if pause > 0:
+                        # Waiting to retry must not hold up a driver's Authorize.
+                        self._wakeup.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wakeup.wait(), pause)
+                        continue
+                    again_in = await self._send_durable(rpc, head, prepare, delivered, policy)
+                    if again_in is None:
                         ahead.popleft()
+                        retry_at.pop(head.seq, None)
                         cursor = head.seq
                         self.durable_depth = max(0, self.durable_depth - 1)
                         self._forget_upto(cursor)
                     else:
+                        retry_at[head.seq] = time.monotonic() + again_in
                         ahead.clear()  # read again: its attempt count changed
                     continue
                 self._wakeup.clear()
@@ -159,24 +172,38 @@ class Outbox:
         prepare: Callable[[OutboxEntry], Awaitable[dict | None]],
         delivered: Callable[[OutboxEntry, dict], Awaitable[None]],
         policy: RetryPolicy,
-    ) -> bool:
-        """True when the entry is finished with (delivered or given up); False to try again."""
+    ) -> float | None:
+        """None when the entry is finished with (delivered, or given up as the specification
+        allows); else the seconds to wait before it is tried again."""
         payload = await prepare(entry)
         if payload is None:
-            return True
+            return None
         try:
-            result = await rpc.call(entry.action, payload, unique_id=entry.unique_id)
-        except (CallErrorReceived, CallTimeout) as exc:
+            result = await rpc.call(entry.action, payload, unique_id=entry.unique_id,
+                                    validated=True)
+        except CallTimeout:
+            # No answer is not a refusal: the link is presumed dead. The entry stays, keeps
+            # its id and its attempts, and goes again on the next connection.
+            log.warning("no answer to %s %s: dropping the link to try again on a new one",
+                        entry.action, entry.unique_id)
+            raise
+        except CallErrorReceived as exc:
             await self._store.run(self._store.store.outbox_attempted, entry.seq)
             attempts = entry.attempts + 1
             if attempts >= policy.attempts():
-                log.error("giving up %s %s after %d attempts: %s",
-                          entry.action, entry.unique_id, attempts, exc)
-                return True
+                # OCPP 1.6 4.10: after TransactionMessageAttempts the message is discarded.
+                log.error("the CSMS refused %s %s %d times (%s): discarded", entry.action,
+                          entry.unique_id, attempts, exc)
+                return None
             wait = policy.interval() * attempts
-            log.warning("%s %s failed (%s); attempt %d of %d in %.0f s", entry.action,
-                        entry.unique_id, exc, attempts + 1, policy.attempts(), wait)
-            await asyncio.sleep(wait)
-            return False
+            log.warning("the CSMS refused %s %s (%s); attempt %d of %d in %.0f s",
+                        entry.action, entry.unique_id, exc, attempts + 1, policy.attempts(),
+                        wait)
+            return wait
+        except RpcError as exc:
+            # Our own message breaks the schema: a bug, not a reason to stop the queue.
+            log.critical("queued %s %s is not valid OCPP and cannot be sent (%s): %s",
+                         entry.action, entry.unique_id, exc.details or exc, payload)
+            return None
         await delivered(entry, result)
-        return True
+        return None

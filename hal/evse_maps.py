@@ -1,18 +1,16 @@
 """Register maps of Modbus-controlled EVSE controller boards, as data.
 
-EVSE-WB / EVSE-DIN / EVSE-W16 (SimpleEVSE-WB; Martin Stegemann, evracing), Modbus RTU slave,
-9600 8N1, address 1 by default; the board answers function codes 3 (read holding registers)
-and 16 (write multiple registers), which is all this table is read and written with.
-
+EVSE-WB / EVSE-DIN / EVSE-W16 (SimpleEVSE-WB; Martin Stegemann, evracing), a Modbus RTU slave.
 Source: the board's manual, "EVSE Wallbox, DIN, W16 - datasheet" (section "Modbus"), as
 published by the seller at
 https://files.ev-power.eu/inc/_doc/attach/StoItem/4418/evse-wb-din_Manual.pdf
-The registers the driver uses (1000, 1002) and the vehicle-state codes were cross-checked against
-three independent open-source drivers of this board: evcc (charger/simpleevse.go: 1000 written
-with function 16, 1002 codes 1..5 = A..E), openWB (packages/modules/common/evse.py: reads
-1000..1002 in one request; 1005 firmware; 2005 bit 7) and SimpleEVSE-WiFi (src/main.cpp: names of
-1000..1007 and 2000..2007). Entries marked "informative" are not used by the driver; check them
-against the manual of your firmware before relying on them.
+The manual itself was not at hand while writing this table. What the driver relies on (1000
+written with function 16, 1000..1002 read with function 3, vehicle-state codes 1..5 = A..E,
+serial defaults 9600 8N1 and address 1) was cross-checked against three independent open-source
+drivers of this board: evcc (charger/simpleevse.go), openWB (packages/modules/common/evse.py,
+which also names 1005 firmware and 2005 bit 7) and SimpleEVSE-WiFi (src/main.cpp, which names
+1000..1007 and 2000..2007 and writes 2005 bits 13/14). Entries marked "informative" are not used
+by the driver; check them against the manual of your firmware before relying on them.
 """
 
 from __future__ import annotations

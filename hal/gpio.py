@@ -266,8 +266,8 @@ class GpioContactor:
         if bool(self._feedback.is_active) == self.is_closed:
             return
         if self.is_closed:
-            info = "contactor opened while closed" if self._confirmed else \
-                "contactor did not close"
+            info = ("contactor opened while closed" if self._confirmed
+                    else "contactor did not close")
             self._relay.off()
             log.error("connector %d: %s; coil switched off", self.connector_id, info)
             self._fault.set(info)
@@ -351,9 +351,11 @@ class GpioFaultInput:
         # Reads the pin now rather than trusting the edge: contact bounce may deliver edges
         # out of order, the present level is what matters.
         if self.is_active:
-            log.warning("input %s: %s", self.name, self._info)
+            if not self._fault.active:
+                log.warning("input %s: %s", self.name, self._info)
             self._fault.set(self._info)
-        else:
+        elif self._fault.active:
+            log.info("input %s: released", self.name)
             self._fault.clear()
 
 

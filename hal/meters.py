@@ -5,7 +5,8 @@ each quantity by data type, word order and scale, and hands the agent a `MeterRe
 goes wrong on a real bus is handled here rather than in the agent:
 
 - a timeout or a garbled answer (bad CRC: pymodbus drops the frame, which then times out) is
-  retried `retries` times; a meter that answers with a Modbus exception is not retried;
+  retried `retries` times, and so are "busy" and a TCP gateway's "no answer from the meter";
+  any other Modbus exception means the request is wrong for this meter and is not retried;
 - a read that fails raises MeterError, so the agent marks readings stale instead of reporting
   zero; once the meter has given no reading for `stale_after` seconds, FaultRaised
   (POWER_METER_FAILURE) is emitted once, and FaultCleared when it answers again;
@@ -73,8 +74,12 @@ _EXCEPTION_NAMES = {
     3: "illegal data value",
     4: "device failure",
     6: "device busy",
+    10: "gateway path unavailable",
     11: "gateway target did not respond",
 }
+# Exceptions that say "not now" rather than "never": a busy meter, or a TCP gateway whose
+# RS-485 side got no answer (the TCP form of a timeout).
+_TRY_AGAIN = frozenset({6, 10, 11})
 
 
 def _discard(_event: object) -> None:
@@ -217,7 +222,6 @@ class _Link:
         self.users: set[int] = set()
         self.lock = asyncio.Lock()  # one transaction sequence at a time on the bus
         self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
-        self.opened = 0
 
     def conflict(self, settings: MeterSettings) -> str | None:
         mine = self.settings
@@ -254,7 +258,6 @@ class _Link:
                 f"{self.settings.host}:{self.settings.tcp_port}")
             raise MeterError(f"cannot open {target}")
         self._client = client
-        self.opened += 1
         return client
 
     def close(self) -> None:
@@ -314,7 +317,7 @@ class ModbusMeter:
         self._failing = False
         self._serial_due = self.map.serial is not None
         self._last_energy: float | None = None
-        self._holding_energy = False
+        self._held: str | None = None  # None, "glitch" or "suspicious" while energy is held
 
     def __repr__(self) -> str:
         return f"<ModbusMeter {self.map.model} {self.settings.where} connector {self.connector_id}>"
@@ -360,6 +363,11 @@ class ModbusMeter:
         except MeterError as exc:
             self._failed(exc)
             raise
+        except asyncio.CancelledError:
+            # The agent gave up waiting (timeout x attempts longer than its patience): the
+            # meter still gave no reading, and must still turn into a fault in time.
+            self._failed(MeterError("read cancelled before the meter answered"))
+            raise
         self._answered()
         return self._hold_energy(reading)
 
@@ -373,8 +381,13 @@ class ModbusMeter:
     async def _request(self, link: _Link, table: Table, address: int, count: int) -> list[int]:
         what = f"{table} registers 0x{address:04X}+{count}"
         attempts = self.settings.retries + 1
+        function = 4 if table is Table.INPUT else 3
         problem = "no answer"
-        for _ in range(attempts):
+        for attempt in range(attempts):
+            if attempt and link.settings.transport == "rtu" and problem.startswith("no answer"):
+                # RTU answers carry no request id: let a late answer to the timed-out request
+                # land (and be dropped) before asking again, or it would pass for the new one.
+                await asyncio.sleep(link.settings.timeout / 4)
             client = await link.client()
             self.requests += 1
             read = (client.read_input_registers if table is Table.INPUT
@@ -394,10 +407,14 @@ class ModbusMeter:
             if response.isError():
                 code = response.exception_code
                 name = _EXCEPTION_NAMES.get(code, "exception")
+                if code in _TRY_AGAIN:
+                    problem = f"exception {code} ({name})"
+                    continue
                 raise _Refused(f"meter refused {what}: code {code} ({name})")
             registers = list(response.registers)
-            if len(registers) != count:
-                problem = f"answer with {len(registers)} registers instead of {count}"
+            if response.function_code != function or len(registers) != count:
+                problem = (f"answer (function {response.function_code}, {len(registers)} "
+                           f"registers) that does not fit the request")
                 continue
             return registers
         # Nothing usable came back: reopen the port before the next read, which is what picks
@@ -459,14 +476,17 @@ class ModbusMeter:
 
     def _failed(self, exc: MeterError) -> None:
         if not self._failing:
-            log.warning("meter of connector %d (%s at %s) unreadable: %s",
+            # info: the agent logs the stale reading itself, with this error's text
+            log.info("meter of connector %d (%s at %s) unreadable: %s",
                         self.connector_id, self.map.model, self.settings.where, exc)
             self._failing = True
+            # It may come back as another meter (swapped while away): read its serial again.
+            self._serial_due = self.map.serial is not None
         silent_for = self._clock() - self._last_good
         if not self._faulted and silent_for > self.settings.stale_after:
             self._faulted = True
             info = (f"{self.map.model} at {self.settings.where}: no reading for "
-                    f"{silent_for:.0f} s: {exc}")
+                    f"{silent_for:.1f} s: {exc}")
             log.error("meter of connector %d failed: %s", self.connector_id, info)
             self._emit(FaultRaised(self.connector_id, Fault.POWER_METER_FAILURE, info))
 
@@ -474,8 +494,6 @@ class ModbusMeter:
         if self._failing:
             log.info("meter of connector %d answers again", self.connector_id)
             self._failing = False
-            # It may be another meter now (swapped while away): read its serial again.
-            self._serial_due = self.map.serial is not None
         self._last_good = self._clock()
         if self._faulted:
             self._faulted = False
@@ -487,18 +505,18 @@ class ModbusMeter:
         last = self._last_energy
         if last is not None and energy < last:
             drop = last - energy
-            if not self._holding_energy:
-                self._holding_energy = True
-                if drop >= SUSPICIOUS_DROP_WH:
-                    log.error("meter of connector %d: energy fell by %.0f Wh (%.0f -> %.0f): "
-                              "meter reset or replaced? Reporting %.0f Wh until it catches up",
-                              self.connector_id, drop, last, energy, last)
-                else:
-                    log.warning("meter of connector %d: energy went back %.3f Wh (%.3f -> %.3f);"
-                                " keeping %.3f Wh", self.connector_id, drop, last, energy, last)
+            if drop >= SUSPICIOUS_DROP_WH and self._held != "suspicious":
+                self._held = "suspicious"
+                log.error("meter of connector %d: energy fell by %.0f Wh (%.0f -> %.0f): "
+                          "meter reset or replaced? Reporting %.0f Wh until it catches up",
+                          self.connector_id, drop, last, energy, last)
+            elif self._held is None:
+                self._held = "glitch"
+                log.warning("meter of connector %d: energy went back %.3f Wh (%.3f -> %.3f); "
+                            "keeping %.3f Wh", self.connector_id, drop, last, energy, last)
             return MeterReading(last, reading.power_w, reading.current_a, reading.voltage_v)
-        if self._holding_energy:
-            self._holding_energy = False
+        if self._held is not None:
+            self._held = None
             log.info("meter of connector %d: energy back above %.3f Wh", self.connector_id, last)
         self._last_energy = energy
         return reading

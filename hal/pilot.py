@@ -191,7 +191,8 @@ class PwmPilot:
                 # SPI may be bit-banged when no hardware SPI is free: keep it off the loop.
                 high, low = await asyncio.to_thread(self._sample)
             except Exception as exc:
-                log.error("connector %d: pilot ADC read failed: %s", self.connector_id, exc)
+                if not self._adc_fault.active:
+                    log.error("connector %d: pilot ADC read failed: %s", self.connector_id, exc)
                 self._adc_fault.set(f"pilot ADC unreadable: {exc}")
             else:
                 self._adc_fault.clear()
@@ -210,6 +211,10 @@ def adc_volts(adc: Any, scale: float, offset: float) -> Callable[[], float]:
 class BoardError(Exception):
     """The EVSE board did not answer, or answered something unusable."""
 
+    def __init__(self, detail: str, info: str = "EVSE board not answering on Modbus") -> None:
+        super().__init__(detail)
+        self.info = info  # what the fault says: stable, so a flapping detail is not re-raised
+
 
 class EvseWbPilot:
     """An EVSE-WB/EVSE-DIN board that generates the pilot itself, driven over Modbus.
@@ -224,14 +229,15 @@ class EvseWbPilot:
     def __init__(
         self,
         connector_id: int,
-        client: Any,
+        make_client: Callable[[], Any],
         unit_id: int = 1,
         poll_interval: float = 0.5,
         max_missed: int = 3,
         board: EvseBoardMap = EVSE_WB,
     ) -> None:
         self.connector_id = connector_id
-        self._client = client
+        self._make_client = make_client  # pymodbus' async clients need the running loop
+        self._client: Any = None
         self._unit = unit_id
         self._interval = poll_interval
         self._max_missed = max_missed
@@ -267,7 +273,9 @@ class EvseWbPilot:
         except BoardError as exc:
             log.warning("connector %d: could not withdraw the EVSE board's setpoint: %s",
                         self.connector_id, exc)
-        self._client.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         self._emit = self._fault.emit = _discard
 
     async def set_current_limit(self, amps: float) -> None:
@@ -290,7 +298,7 @@ class EvseWbPilot:
                 if not self._fault.active:
                     log.error("connector %d: EVSE board not answering: %s",
                               self.connector_id, exc)
-                self._fault.set("EVSE board not answering on Modbus")
+                self._fault.set(exc.info)
             return
         self._missed = 0
         self._fault.clear()
@@ -309,6 +317,8 @@ class EvseWbPilot:
             await asyncio.sleep(self._interval)
 
     async def _call(self, request: Callable[[], Any]) -> Any:
+        if self._client is None:
+            self._client = self._make_client()
         try:
             if not self._client.connected and not await self._client.connect():
                 raise BoardError("cannot connect")
@@ -316,7 +326,7 @@ class EvseWbPilot:
         except (TimeoutError, ModbusException, OSError) as exc:
             raise BoardError(str(exc) or type(exc).__name__) from exc
         if response.isError():
-            raise BoardError(f"answered {response}")
+            raise BoardError(f"answered {response}", "EVSE board rejects Modbus requests")
         return response
 
     async def _read(self) -> tuple[int, PilotState]:
@@ -329,7 +339,8 @@ class EvseWbPilot:
         code = registers[-1]
         state = self._board.vehicle_states.get(code)
         if state is None:
-            raise BoardError(f"unknown vehicle state {code}")
+            raise BoardError(f"unknown vehicle state {code}",
+                             f"EVSE board reports unknown vehicle state {code}")
         return registers[0], state
 
     async def _write(self, amps: int) -> None:
@@ -354,7 +365,7 @@ def _build_evse_wb(connector_id: int, opts: GpioOptions) -> EvseWbPilot:
     transport = opts.choice("transport", ("rtu", "tcp"), "rtu")
     unit_id = opts.integer("unit_id", 1, low=1, high=247)
     timeout = opts.number("timeout", 0.5, low=0.05, high=5.0)
-    poll_interval = opts.number("poll_interval", 0.5, low=0.05, high=10.0)
+    poll_interval = opts.number("poll_interval", 0.5, low=0.02, high=10.0)
     max_missed = opts.integer("max_missed", 3, low=1, high=100)
     if transport == "tcp":
         host = opts.text("host", max_length=253)
@@ -373,13 +384,14 @@ def _build_evse_wb(connector_id: int, opts: GpioOptions) -> EvseWbPilot:
             opts.refuse(key, "only for transport = 'tcp'")
     opts.finish()
     # retries=0: a missed poll is counted by the driver, which decides when it is a fault.
-    if transport == "tcp":
-        client = AsyncModbusTcpClient(host, port=tcp_port, timeout=timeout, retries=0)
-    else:
-        client = AsyncModbusSerialClient(port, baudrate=baudrate, parity=parity,
-                                         stopbits=stopbits, bytesize=8, timeout=timeout,
-                                         retries=0)
-    return EvseWbPilot(connector_id, client, unit_id, poll_interval, max_missed)
+    def make_client() -> Any:
+        if transport == "tcp":
+            return AsyncModbusTcpClient(host, port=tcp_port, timeout=timeout, retries=0)
+        return AsyncModbusSerialClient(port, baudrate=baudrate, parity=parity,
+                                       stopbits=stopbits, bytesize=8, timeout=timeout,
+                                       retries=0)
+
+    return EvseWbPilot(connector_id, make_client, unit_id, poll_interval, max_missed)
 
 
 def _build_gpio_pwm(connector_id: int, opts: GpioOptions) -> PwmPilot:

@@ -81,10 +81,11 @@ class RunningAgent:
     async def settle(self) -> None:
         """Wait until the core has handled everything submitted so far, including what the
         devices reported while it carried out its own actions (a pilot answering a PWM)."""
-        assert self.agent is not None
-        await self.agent.ask(lambda core, now: None)
-        while not self.agent._inputs.empty():
-            await self.agent.ask(lambda core, now: None)
+        agent = self.agent
+        assert agent is not None
+        # Judged inside the worker: nothing else was waiting when this input came up.
+        while not await agent.ask(lambda core, now: agent._inputs.empty()):
+            pass
 
 
 async def booted(csms: DevCsms, identity: str = "CP-TEST", connectors: int = 1) -> None:

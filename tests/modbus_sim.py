@@ -14,7 +14,8 @@ A bus of meters (one or several unit ids) is put on the wire by
 - `TcpSim`: Modbus TCP (MBAP) on 127.0.0.1.
 
 Faults to play: `silent` (no answers), `drop_next` (ignore n requests), `corrupt_next` (n
-answers with a broken CRC, RTU), `vanish()`/`reappear()` (adapter unplugged / gateway down).
+answers with a broken CRC, RTU), `refuse_next` (exception codes to answer with),
+`vanish()`/`reappear()` (adapter unplugged / gateway down).
 `pace_baudrate` makes each answer wait for the time the exchange would take on a real line,
 since a pty delivers bytes instantly whatever baud rate the port is set to.
 """
@@ -145,6 +146,7 @@ class ModbusSim:
         self.silent = False
         self.drop_next = 0
         self.corrupt_next = 0
+        self.refuse_next: list[int] = []  # exception codes for the next requests
         self.pace_baudrate: int | None = None
         self.turnaround = 0.0  # the meter's own delay before answering, seconds
         self.requests = 0
@@ -168,6 +170,8 @@ class ModbusSim:
             self.drop_next -= 1
             return None
         function = pdu[0]
+        if self.refuse_next:
+            return bytes([function | 0x80, self.refuse_next.pop(0)])
         if function not in (3, 4) or len(pdu) != 5:
             return bytes([function | 0x80, 1])
         address, count = struct.unpack(">HH", pdu[1:])
@@ -227,9 +231,7 @@ class RtuSim(ModbusSim):
         self._open()
 
     async def stop(self) -> None:
-        self._close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        await self.vanish()
 
     async def vanish(self) -> None:
         """Unplug: the open port hangs up and the device path disappears."""
@@ -270,9 +272,7 @@ class RtuSim(ModbusSim):
         assert self._master is not None
         try:
             data = os.read(self._master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
+        except OSError:  # nothing after all, or the pty is going away
             return
         self._buffer.extend(data)
         while len(self._buffer) >= REQUEST_BYTES:

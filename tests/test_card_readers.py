@@ -249,8 +249,9 @@ def rdm6300(device: PtyDevice, **options: object) -> SerialCardReader:
 
 
 def pn532(device: PtyDevice, **kwargs: float) -> Pn532Reader:
-    """Timeouts far shorter than a real chip needs, to keep the tests short."""
-    kwargs = {"ack_timeout": 0.05, "response_timeout": 0.2, "poll_interval": 0.01,
+    """Short timeouts keep the tests short; an ACK takes the fake chip's thread up to tens of
+    milliseconds on a loaded machine, so only the tests about silence go below 0.2 s."""
+    kwargs = {"ack_timeout": 0.2, "response_timeout": 0.5, "poll_interval": 0.01,
               "reopen_interval": 0.05, **kwargs}
     return Pn532Reader(str(device.path), **kwargs)
 
@@ -465,7 +466,7 @@ async def test_pn532_reads_uid(chip: FakePn532, start: StartReader, uid: bytes,
 async def test_pn532_retries_a_silent_wake_up(chip: FakePn532, start: StartReader) -> None:
     chip.silent = 2
     chip.uid = bytes.fromhex("DEADBEEF")
-    reader = pn532(chip.device)
+    reader = pn532(chip.device, ack_timeout=0.1)
     events = await start(reader)
     assert await events.next() == CardPresented("DEADBEEF")  # no fault for two misses
     assert chip.commands[:4] == [0x14, 0x14, 0x14, 0x32]
@@ -477,7 +478,7 @@ async def test_pn532_that_stays_silent_is_a_reader_failure(
 ) -> None:
     chip.silent = 6
     chip.uid = bytes.fromhex("DEADBEEF")
-    reader = pn532(chip.device)
+    reader = pn532(chip.device, ack_timeout=0.1)
     events = await start(reader)
     fault = await events.next()
     assert isinstance(fault, FaultRaised) and fault.fault is Fault.READER_FAILURE
@@ -493,7 +494,7 @@ async def test_pn532_that_stops_answering_is_woken_again(
     events = await start(reader)
     await until(lambda: reader.ready)
     chip.silent = 1  # one poll lost: no fault, just a new wake-up
-    await until(lambda: chip.wakeups == 2)
+    await until(lambda: chip.wakeups >= 2)
     chip.uid = bytes.fromhex("DEADBEEF")
     assert await events.next() == CardPresented("DEADBEEF")
 

@@ -59,6 +59,7 @@ class _Connector:
         self.contactor_closed = False
         self.offered_amps = 0.0
         self.reading: MeterReading | None = None
+        self.reading_stale = False  # the meter stopped answering: its last reading is old
         self.reported: tuple[ConnectorStatus, Fault | None, str] | None = None
 
 
@@ -425,6 +426,19 @@ class ChargingStation:
                 self.local_list[tag] = info
         self._forget_listed()
 
+    def meter_failed(self, connector_id: int) -> None:
+        """The meter stopped answering: no samples from an old reading, no new session."""
+        self.connector(connector_id).reading_stale = True
+
+    def start_not_recorded(self, local_id: int, now: float) -> None:
+        """The shell could not store a session start: it never happened, no energy flows."""
+        for c in self.connectors.values():
+            if c.transaction is not None and c.transaction.local_id == local_id:
+                c.transaction = None
+                c.pending = None
+                self._update_power(c)
+        self._publish(now)
+
     def _forget_listed(self) -> None:
         for tag in [t for t in self.local_list if self.cache.get(t) is not None]:
             self.cache.remove(tag)
@@ -474,6 +488,19 @@ class ChargingStation:
     ) -> None:
         c = self.connector(connector_id)
         c.reading = reading
+        was_stale, c.reading_stale = c.reading_stale, False
+        pending = c.pending
+        if (
+            was_stale
+            and now is not None
+            and c.transaction is None
+            and pending is not None
+            and pending.authorized
+            and c.pilot.vehicle_present
+        ):
+            self._start(c, now)  # the session that waited for the meter
+            self._update_power(c)
+            self._publish(now)
         tx = c.transaction
         if (
             tx is not None
@@ -513,6 +540,9 @@ class ChargingStation:
 
     def _start(self, c: _Connector, now: float) -> None:
         assert c.pending is not None and c.pending.authorized
+        if c.reading_stale:
+            # No session without a meterStart the meter really showed: wait for a reading.
+            return
         tx = Transaction(
             local_id=self._next_tx_id,
             connector_id=c.id,
@@ -617,21 +647,29 @@ class ChargingStation:
                 self._emit(AvailabilityChanged(0, operative))
             for c in self.connectors.values():
                 if c.transaction is not None and not operative:
-                    c.scheduled_operative = operative
+                    self._schedule_availability(c, operative)
                 else:
                     self._apply_availability(c, operative)
             self._publish(now)
             return Availability.SCHEDULED if busy and not operative else Availability.ACCEPTED
         c = self.connector(connector_id)
         if c.transaction is not None and not operative:
-            c.scheduled_operative = operative
+            self._schedule_availability(c, operative)
             return Availability.SCHEDULED
         self._apply_availability(c, operative)
         self._publish(now)
         return Availability.ACCEPTED
 
+    def _schedule_availability(self, c: _Connector, operative: bool) -> None:
+        c.scheduled_operative = operative
+        # Stored now: a restart ends the session (PowerLoss), and the change then applies.
+        self._emit(AvailabilityChanged(c.id, operative))
+
     def _apply_availability(self, c: _Connector, operative: bool) -> None:
+        stored_differs = c.scheduled_operative is not None and c.scheduled_operative != operative
         c.scheduled_operative = None
+        if stored_differs and c.operative == operative:
+            self._emit(AvailabilityChanged(c.id, operative))  # a cancelled schedule
         if not operative:
             c.pending = None
         if c.operative != operative:
@@ -678,7 +716,7 @@ class ChargingStation:
                 c.pending = None  # the driver never plugged in
             tx = c.transaction
             if tx is not None and settings.meter_sample_interval > 0 and now >= tx.next_sample_at:
-                if c.reading is not None:
+                if c.reading is not None and not c.reading_stale:
                     sample = Sample(now, ReadingContext.PERIODIC, c.reading)
                     tx.samples.append(sample)
                     self._emit(MeterValuesReport(c.id, tx, sample))
@@ -701,7 +739,7 @@ class ChargingStation:
         # After a gap, one sample, for the latest boundary: the reading is of now, not of the gap.
         boundary = math.floor(now / interval) * interval
         for c in self.connectors.values():
-            if c.reading is None:
+            if c.reading is None or c.reading_stale:
                 continue
             sample = Sample(boundary, ReadingContext.CLOCK, c.reading)
             if c.transaction is not None:

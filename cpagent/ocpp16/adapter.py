@@ -29,12 +29,14 @@ from cpagent.ocpp16.configuration import KEYS, Configuration, InvalidValue
 from cpagent.ocpp16.metering import meter_value
 from cpagent.outbox import RetryPolicy
 from cpagent.rpc import (
+    CALL,
     CallErrorReceived,
     CallTimeout,
     ConnectionLost,
     NoReply,
     RpcEndpoint,
     RpcError,
+    validate,
 )
 from cpagent.store import OutboxEntry, QueuedMessage, TransactionRow
 from hal.interfaces import Fault
@@ -199,7 +201,8 @@ class Ocpp16Adapter:
             self.agent.registration = self.registration
             if status == "Accepted":
                 if interval > 0:
-                    await self._store_setting("HeartbeatInterval", str(interval))
+                    heartbeat = min(interval, KEYS["HeartbeatInterval"].maximum)
+                    await self._store_setting("HeartbeatInterval", str(heartbeat))
                 log.info("BootNotification accepted; heartbeat every %s s",
                          self.configuration.integer("HeartbeatInterval"))
                 return
@@ -231,7 +234,12 @@ class Ocpp16Adapter:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._heartbeat_changed.wait(), interval - quiet_for)
                 continue
-            answer = await self.agent.outbox.put("Heartbeat", {}, urgent=True)
+            try:
+                answer = await self.agent.outbox.put("Heartbeat", {}, urgent=True)
+            except CallErrorReceived as exc:
+                # An answer, if not the one we wanted, still proves the link.
+                log.warning("the CSMS answered Heartbeat with %s", exc.code)
+                continue
             await self._take_time(answer.get("currentTime"))
 
     async def _report_all_statuses(self) -> None:
@@ -288,14 +296,22 @@ class Ocpp16Adapter:
             try:
                 answer = await self.agent.outbox.put("Authorize", {"idTag": id_tag}, urgent=True)
                 info = id_tag_info(answer.get("idTagInfo"))
-            except (ConnectionLost, CallErrorReceived, CallTimeout) as exc:
+            except Exception as exc:  # no answer of any kind: decide with what we know
                 log.warning("Authorize %s got no answer (%s); deciding offline", id_tag, exc)
         await self.agent.ask(lambda core, now: core.authorization_result(id_tag, info, now))
 
     def _queued(self, action: str, payload: dict, tx_local_id: int | None,
                 stamped_at: float) -> QueuedMessage:
+        # Checked once here, where a bug can still be logged next to its cause; the replay
+        # path then sends without checking again. The transactionId comes at send time.
+        check = payload if action == "StartTransaction" else {**payload, "transactionId": 0}
+        try:
+            validate(VERSION, CALL, action, check)
+        except RpcError as exc:
+            log.critical("%s built for transaction %s is not valid OCPP: %s %s", action,
+                         tx_local_id, exc.details or exc, payload)
         return QueuedMessage(action, payload, tx_local_id, stamped_at,
-                             self.agent.clock.trusted, self.agent.boot_id)
+                             self.agent.clock.stamp_trusted(stamped_at), self.agent.boot_id)
 
     async def _record_start(self, action: TransactionStarted) -> None:
         tx = action.transaction
@@ -375,6 +391,12 @@ class Ocpp16Adapter:
         if entry.action == "StartTransaction":
             self._start_in_flight = asyncio.Event()
         payload = copy.deepcopy(entry.payload)
+        if entry.action == "StartTransaction" and entry.tx_local_id is not None and (
+            await self._csms_id(entry.tx_local_id) is not None
+        ):
+            # Confirmed before a crash hid the answer from the queue: sending it again would
+            # open a second session at a CSMS that does not deduplicate by message id.
+            return None
         shift = self._time_correction(entry)
         if shift:
             _shift_timestamps(payload, shift)
@@ -592,8 +614,9 @@ class Ocpp16Adapter:
 
     async def _unlock_connector(self, payload: dict) -> dict:
         connector_id = payload["connectorId"]
-        if not self._connector_ok(connector_id, station=False):
-            return {"status": "NotSupported"}
+        if not self._connector_ok(connector_id, station=False) or not self.agent.has_lock(
+                connector_id):
+            return {"status": "NotSupported"}  # a tethered cable has nothing to unlock
         await self.agent.ask(lambda core, now: core.unlock(connector_id, now))
         unlocked = await self.agent.unlock_hardware(connector_id)
         if unlocked is None:

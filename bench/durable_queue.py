@@ -22,7 +22,6 @@ from _common import agent_command, env, median, percentile
 from cpagent.agent import Agent
 from cpagent.clock import Clock
 from cpagent.config import parse_config
-from cpagent.devcsms import DevCsms
 from cpagent.store import QueuedMessage, Store
 
 METER_VALUES = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-23T10:00:00.000Z",
@@ -60,30 +59,44 @@ def prefill(db_path: Path, count: int, csms_id: int | None = 7) -> None:
 
 
 async def replay_figures(count: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        prefill(Path(tmp) / "cpagent.db", count)
-        async with DevCsms() as csms:
-            config = parse_config({"charge_point": {"id": "BENCH-Q"}, "csms": {"url": csms.url},
+    """Against a CSMS in its own process that answers everything at once (bench/_fast_csms)."""
+    peer = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_fast_csms.py"))],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(peer.stdout.readline())  # type: ignore[union-attr]
+        sent: list[float] = []
+        answered: list[float] = []
+
+        def on_frame(direction: str, text: str) -> None:
+            if direction == "out" and '"MeterValues"' in text[:60]:
+                sent.append(time.perf_counter())
+            elif direction == "in":
+                answered.append(time.perf_counter())
+
+        with tempfile.TemporaryDirectory() as tmp:
+            prefill(Path(tmp) / "cpagent.db", count)
+            config = parse_config({"charge_point": {"id": "BENCH-Q"},
+                                   "csms": {"url": f"ws://127.0.0.1:{port}/ocpp"},
                                    "station": {"data_dir": tmp,
                                                "control_socket": f"{tmp}/c.sock"}})
-            agent = Agent(config, clock=Clock("system"))
+            agent = Agent(config, clock=Clock("system"), on_frame=on_frame)
             task = asyncio.create_task(agent.run())
-            first = await csms.wait_for_call("MeterValues", timeout=30)
+            while not sent:
+                await asyncio.sleep(0.001)
             while agent.outbox.durable_depth:
-                await asyncio.sleep(0.01)
-            last = csms.calls("MeterValues")[-1]
-            answered = next(r.time for r in reversed(csms.records)
-                            if r.kind == "result" and r.unique_id == last.unique_id)
-            rate = count / (answered - first.time)
+                await asyncio.sleep(0.005)
+            rate = count / (answered[-1] - sent[0])
             rpc = agent.adapter.rpc
             assert rpc is not None
             trips = []
-            for _ in range(300):
+            for _ in range(500):
                 began = time.perf_counter()
                 await rpc.call("Heartbeat", {})
                 trips.append(time.perf_counter() - began)
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+    finally:
+        peer.communicate("")
     return rate, 1 / median(trips)
 
 

@@ -90,6 +90,7 @@ class Agent:
                                data_dir)
         self.hardware: StationHardware = built.hardware
         self.mock: MockStation | None = built.mock
+        self.inputs = built.extra  # fault inputs: emergency stop, RCD
         self.outbox = Outbox(self.store)
         self.adapter = Ocpp16Adapter(self, store.settings())
         self.registration: str | None = None
@@ -372,7 +373,7 @@ class Agent:
         self._reset = asyncio.get_running_loop().create_future()
         self.untrusted_boots = await self.store.run(self.store.store.untrusted_boots)
         await self.outbox.open()
-        for device in self.hardware.devices():
+        for device in [*self.hardware.devices(), *self.inputs]:
             await device.start(self._hal_event)
         if self.mock is not None:
             self.mock.attach(self._hal_event)
@@ -401,7 +402,7 @@ class Agent:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             await control.stop()
-            for device in self.hardware.devices():
+            for device in [*self.hardware.devices(), *self.inputs]:
                 with contextlib.suppress(Exception):
                     await device.stop()
             await asyncio.get_running_loop().run_in_executor(None, self.store.close)

@@ -56,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--connector", type=int, help="connector number (default 1)")
     socket_options(sim)
 
+    hw_test = commands.add_parser(
+        "hw-test", help="check every configured device with the installer watching",
+        description="Read the meters, toggle the contactors and check their feedback, wait for "
+                    "a card, show the pilot state: one PASS/FAIL line per device, with a hint.")
+    hw_test.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                         help=f"configuration file (default {DEFAULT_CONFIG})")
+    hw_test.add_argument("--card-wait", type=float, default=20.0,
+                         help="seconds to wait for a card (default 20)")
+    hw_test.add_argument("--yes", action="store_true",
+                         help="do not ask; skip steps that would switch real power")
+
     config = commands.add_parser("config", help="configuration tools",
                                  description="Configuration tools.")
     config_commands = config.add_subparsers(dest="config_command", required=True,
@@ -80,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         case "sim":
             return _sim(args)
+        case "hw-test":
+            from cpagent.hwtest import hw_test_main
+
+            return hw_test_main(str(args.config), card_wait=args.card_wait,
+                                interactive=not args.yes)
         case "config":
             from cpagent.config import check_main
 

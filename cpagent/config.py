@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cpagent import __version__
+from hal.factory import DRIVERS as HAL_DRIVERS
 
 __all__ = [
     "DRIVERS",
@@ -35,13 +36,8 @@ __all__ = [
     "parse_config",
 ]
 
-# Drivers accepted per [hardware.<kind>] table; add a name here when its driver lands.
-DRIVERS: dict[str, tuple[str, ...]] = {
-    "pilot": ("mock",),
-    "contactor": ("mock",),
-    "meter": ("mock",),
-    "card_reader": ("mock",),
-}
+# Drivers accepted per [hardware.<kind>] table (the first is the default): hal's list.
+DRIVERS: dict[str, tuple[str, ...]] = HAL_DRIVERS
 
 
 class ConfigError(Exception):
@@ -105,6 +101,8 @@ class HardwareSettings:
     contactor: DeviceSettings
     meter: DeviceSettings
     card_reader: DeviceSettings
+    lock: DeviceSettings
+    inputs: DeviceSettings
 
 
 @dataclass(frozen=True)
@@ -333,7 +331,7 @@ def _device(hardware: dict, kind: str, errors: list[str]) -> DeviceSettings | No
     if table is None:
         return None
     options = dict(table)
-    driver = options.pop("driver", "mock")
+    driver = options.pop("driver", DRIVERS[kind][0])
     # Other keys are driver parameters the driver itself validates; only catch a
     # misspelt `driver`, which would otherwise silently fall back to the mock.
     for key in options:
@@ -375,6 +373,12 @@ def parse_config(data: dict, *, base_dir: Path | None = None) -> Config:
                 f"the Unix socket path limit (got '{sock}')"
             )
 
+    if not errors:
+        choice = HardwareSettings(**devices)  # type: ignore[arg-type]
+        if any(d.driver not in ("mock", "none") for d in devices.values() if d):
+            from hal.factory import check_hardware
+
+            errors += check_hardware(choice, station["connectors"], station["phases"])
     if errors:
         raise ConfigError(errors)
     return Config(

@@ -95,7 +95,7 @@ class Outbox:
         # commits only resends delivered messages with their own ids, which a CSMS
         # recognises; it never loses one.
         ahead: deque[OutboxEntry] = deque()
-        cursor = 0
+        cursor = self._done_upto  # delivered on an earlier link, maybe not yet deleted
         retry_at: dict[int, float] = {}  # seq -> when a failed entry may go again
         try:
             while True:
@@ -125,7 +125,8 @@ class Outbox:
                         retry_at.pop(head.seq, None)
                         cursor = head.seq
                         self.durable_depth = max(0, self.durable_depth - 1)
-                        self._forget_upto(cursor)
+                        if not ahead or cursor - self._done_upto >= READ_AHEAD:
+                            self._forget_upto(cursor)
                     else:
                         retry_at[head.seq] = time.monotonic() + again_in
                         ahead.clear()  # read again: its attempt count changed

@@ -165,9 +165,8 @@ class RpcEndpoint:
             try:
                 await self._transmit(json.dumps([CALL, unique_id, action, payload],
                                                  separators=(",", ":")))
-                kind, frame = await asyncio.wait_for(
-                    asyncio.shield(self._answer), timeout or self.call_timeout
-                )
+                async with asyncio.timeout(timeout or self.call_timeout):
+                    kind, frame = await self._answer
             except TimeoutError:
                 raise CallTimeout(f"no answer to {action} within "
                                   f"{timeout or self.call_timeout:.0f} s") from None

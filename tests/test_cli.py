@@ -44,7 +44,8 @@ def write_config(folder: Path, url: str, extra: str = "") -> Path:
 
 def test_version_and_help_on_every_command():
     assert cpagent("--version").stdout.strip() == f"cpagent {__version__}"
-    for command in ([], ["run"], ["demo"], ["status"], ["sim"], ["config"], ["config", "check"]):
+    for command in ([], ["run"], ["demo"], ["status"], ["sim"], ["hw-test"], ["config"],
+                    ["config", "check"]):
         result = cpagent(*command, "--help")
         assert result.returncode == 0, command
         assert "usage: cpagent" in result.stdout

@@ -388,19 +388,22 @@ class Ocpp16Adapter:
 
     async def _prepare(self, entry: OutboxEntry) -> dict | None:
         self._start_settled()  # one durable message at a time: whatever went before is over
-        if entry.action == "StartTransaction":
-            self._start_in_flight = asyncio.Event()
-        payload = copy.deepcopy(entry.payload)
-        if entry.action == "StartTransaction" and entry.tx_local_id is not None and (
+        starting = entry.action == "StartTransaction"
+        if starting and entry.tx_local_id is not None and (
             await self._csms_id(entry.tx_local_id) is not None
         ):
             # Confirmed before a crash hid the answer from the queue: sending it again would
             # open a second session at a CSMS that does not deduplicate by message id.
             return None
+        if starting:
+            self._start_in_flight = asyncio.Event()
         shift = self._time_correction(entry)
         if shift:
+            payload = copy.deepcopy(entry.payload)
             _shift_timestamps(payload, shift)
-        if entry.tx_local_id is not None and entry.action != "StartTransaction":
+        else:
+            payload = dict(entry.payload)  # only top-level keys change below
+        if entry.tx_local_id is not None and not starting:
             csms_id = await self._csms_id(entry.tx_local_id)
             if csms_id is None:
                 log.error("%s for local transaction %d cannot be sent: the CSMS never gave "

@@ -1263,3 +1263,18 @@ def test_a_start_the_store_could_not_record_never_powers_the_connector():
     assert actions[:2] == [SetContactor(1, False), SetCurrentLimit(1, 0.0)]
     assert rig.cs.transactions() == []
     assert rig.cs.status(1)[0] is St.PREPARING
+
+
+def test_max_energy_on_invalid_id_lets_an_invalidated_session_finish_its_allowance():
+    rig = Rig(stop_on_invalid_id=False, max_energy_on_invalid_id=500.0)
+    rig.cs.meter_sample(1, MeterReading(energy_wh=1000.0))
+    tx = rig.charging()
+    rig.confirm(1, 12, AuthStatus.INVALID)
+    assert rig.cs.connector(1).contactor_closed  # within the allowance
+    rig.cs.meter_sample(1, MeterReading(energy_wh=1499.0), rig.now)
+    assert rig.take() == []
+    rig.cs.meter_sample(1, MeterReading(energy_wh=1500.0), rig.now)
+    actions = rig.take()
+    assert SetContactor(1, False) in actions
+    assert rig.cs.status(1)[0] is St.SUSPENDED_EVSE
+    assert rig.cs.transactions() == [tx]  # suspended, not stopped

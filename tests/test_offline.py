@@ -260,3 +260,34 @@ async def test_near_the_data_limit_old_meter_values_go_and_starts_and_stops_stay
     assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
     assert actions.count("MeterValues") == 5000 - dropped
     assert "dropped" in cp.agent.last_error
+
+
+async def test_an_energy_limit_still_holds_while_offline(csms, start_agent):
+    # The CSMS invalidates the card after the start; with StopTransactionOnInvalidId false the
+    # session may take MaxEnergyOnInvalidId more Wh. The link then fails: the limit is the
+    # charger's to keep.
+    cp = await start_agent(hardware={"meter": {"driver": "mock", "speedup": 200}})
+    await booted(csms)
+    await configure(csms, "StopTransactionOnInvalidId", "false")
+    await configure(csms, "MaxEnergyOnInvalidId", "500")
+    await configure(csms, "AuthorizeRemoteTxRequests", "false")
+    csms.rejected_tags = {"STOLEN"}
+    cp.mock.plug(1)
+    await csms.call(CP, "RemoteStartTransaction", {"idTag": "STOLEN", "connectorId": 1})
+    start = await csms.wait_for_call("StartTransaction")
+    while cp.agent.core.connectors[1].transaction.csms_id is None:  # the verdict arrived
+        await asyncio.sleep(0.005)
+    await cp.settle()
+    assert cp.agent.hardware.contactors[1].is_closed  # still within the allowance
+    await cp.go_offline()
+    meter = cp.mock.meter(1)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        await cp.settle()
+        if not cp.agent.hardware.contactors[1].is_closed:
+            break
+    assert not cp.agent.hardware.contactors[1].is_closed
+    assert cp.agent.core.connectors[1].transaction is not None  # suspended, not stopped
+    assert meter.energy_wh - start.payload["meterStart"] >= 500
+    assert meter.energy_wh - start.payload["meterStart"] < 500 + 22_080 * 200 / 3600 * 1.5
+    assert await cp.status(1) == "SuspendedEVSE"

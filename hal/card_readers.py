@@ -21,6 +21,7 @@ import logging
 import termios
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -121,7 +122,7 @@ class _GarbledLog:
             self._next_warning = now + GARBLED_WARNING_EVERY
 
 
-class SerialCardReader:
+class SerialCardReader(ABC):
     """The thread, port, fault and tap handling shared by the serial readers."""
 
     model: ClassVar[str]
@@ -255,16 +256,17 @@ class SerialCardReader:
                         log.debug("%s: error closing the port", self._name, exc_info=True)
             self._stopping.wait(self.reopen_interval)
 
+    @abstractmethod
     def _serve(self, port: serial.Serial) -> None:
         """Read cards until stopped (return) or the port fails (raise)."""
-        raise NotImplementedError
 
 
 class _StreamReader(SerialCardReader):
     """A reader that sends on its own whenever it sees a card."""
 
+    @abstractmethod
     def _decoder(self) -> AsciiHexDecoder | LineDecoder:
-        raise NotImplementedError
+        """A fresh decoder for this reader's frames."""
 
     def _serve(self, port: serial.Serial) -> None:
         # a fresh decoder per connection, so half a frame from before an unplug is not glued to

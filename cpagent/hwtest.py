@@ -55,6 +55,10 @@ READER_READY_WAIT = 3.0  # seconds for a serial reader to open its port (a PN532
 
 PASS, FAIL, SKIP = "PASS", "FAIL", "SKIP"
 
+_FEEDBACK_POLARITY = ("or the feedback polarity is wrong (feedback_pull / feedback_active_high: "
+                      "a normally-open auxiliary contact to GND with the default pull \"up\" "
+                      "needs no polarity key)")
+
 _STATE_MEANING = {
     PilotState.A: "no vehicle",
     PilotState.B: "vehicle connected",
@@ -110,10 +114,13 @@ def _yes(answer: str) -> bool:
 
 def _ask(prompt: str) -> bool:
     try:
-        return _yes(input(prompt))
+        answer = input(prompt)
     except EOFError:  # no terminal: nobody said yes
         print()
         return False
+    if not sys.stdin.isatty():  # piped in: show it, so the output reads as a dialogue
+        print(answer)
+    return _yes(answer)
 
 
 # ---- the test run ------------------------------------------------------------------------------
@@ -271,12 +278,12 @@ class HardwareTest:
                         "diode; unplug and run again")
             else:
                 hint = ("the pilot reads about 0 V: check the ±12 V supply of the pilot stage, "
-                        "the CP wire (a short to PE), and adc_scale/adc_offset (volts = raw × "
+                        "the CP wire (a short to PE), and adc_scale/adc_offset (volts = raw x "
                         "adc_scale + adc_offset); with a vehicle plugged in, its diode")
             self.report(label, FAIL, detail, hint)
         elif state is PilotState.F:
             self.report(label, FAIL, detail,
-                        "the pilot reads about −12 V: the pilot stage's +12 V supply is missing "
+                        "the pilot reads about -12 V: the pilot stage's +12 V supply is missing "
                         "or the PWM output is inverted (pwm_active_high)")
         else:
             note = "" if state is PilotState.A or driver == "mock" else (
@@ -409,17 +416,19 @@ class HardwareTest:
             self.report(label, SKIP, "the EVSE board switches it itself when a vehicle asks "
                         "for power; check it with a vehicle or an EV simulator")
             return
-        if self.active_inputs:
-            self.report(label, SKIP, f"not switched while input {self.active_inputs[0]} is "
-                        "active")
-            return
-        state = self.pilot_states.get(connector_id)
-        if state is not None and state.wants_power:
-            self.report(label, SKIP, "a vehicle asks for power: unplug it and run again")
+        unsafe = self.unsafe_to_close(connector_id)
+        if unsafe:
+            self.report(label, SKIP, unsafe)
             return
         await self.start(contactor)
         if driver == "mock":
             await self._switch_mock(label, contactor)
+            return
+        opts = self.options("contactor", connector_id)
+        if getattr(contactor, "feedback_closed", None):  # before asking: seen, not switched
+            self.report(label, FAIL, "feedback reads closed while the coil is off",
+                        f"the contactor is welded, {_FEEDBACK_POLARITY}; do not use the "
+                        "charger until this is understood")
             return
         if not self.interactive:
             self.report(label, SKIP, "a real contactor is switched only when the installer "
@@ -428,8 +437,27 @@ class HardwareTest:
         if not self.ask(f"Close contactor of connector {connector_id} for 1 s? [y/N] "):
             self.report(label, SKIP, "not confirmed")
             return
-        opts = self.options("contactor", connector_id)
+        unsafe = self.unsafe_to_close(connector_id)  # again: the answer may have taken a while
+        if unsafe:
+            self.report(label, SKIP, unsafe)
+            return
         await self._switch_real(label, contactor, opts)
+
+    def unsafe_to_close(self, connector_id: int) -> str | None:
+        """Why the contactor must stay open now, or None."""
+        active = self.active_inputs + [
+            getattr(d, "name", "fault") for d in self.built.extra
+            if getattr(d, "is_active", False) and getattr(d, "name", "fault")
+            not in self.active_inputs]
+        if active:
+            return f"not switched while input {active[0]} is active"
+        pilot = self.hw.pilots.get(connector_id)
+        state = self.pilot_states.get(connector_id)
+        if pilot is not None and self.driver("pilot") != "evse_wb":
+            state = pilot.state()
+        if state is not None and state.wants_power:
+            return "a vehicle asks for power: unplug it and run again"
+        return None
 
     async def _switch_mock(self, label: str, contactor: Any) -> None:
         try:
@@ -445,14 +473,7 @@ class HardwareTest:
     async def _switch_real(self, label: str, contactor: Any, opts: dict[str, Any]) -> None:
         feedback = getattr(contactor, "feedback_closed", None)
         relay, aux = opts.get("relay_pin"), opts.get("feedback_pin")
-        polarity = ("or the feedback polarity is wrong (feedback_pull / "
-                    "feedback_active_high: a normally-open auxiliary contact to GND with the "
-                    "default pull \"up\" needs no polarity key)")
-        if feedback:
-            self.report(label, FAIL, "feedback reads closed while the coil is off",
-                        f"the contactor is welded, {polarity}; do not use the charger until "
-                        "this is understood")
-            return
+        polarity = _FEEDBACK_POLARITY
         timeout = float(opts.get("feedback_timeout", 0.5))
         since = len(self.rec.events)
         began = time.monotonic()
@@ -538,54 +559,56 @@ class HardwareTest:
         if not self.hw.card_readers:
             self.report("card reader", SKIP, "none configured")
             return
-        driver = self.driver("card_reader")
         for reader in self.hw.card_readers:
-            port = getattr(reader, "port", None)
-            model = getattr(reader, "model", driver)
-            desc = f"{model} on {port}" if port else driver
-            label = f"card reader ({desc})"
-            since = len(self.rec.events)
-            await self.start(reader)
-            if driver == "mock":
-                present = getattr(reader, "present", None)
-                if present is not None:
-                    present("HWTEST")
-                cards = self.rec.cards(since)
-                if cards:
-                    self.report(label, PASS, f"simulated tap delivered idTag {cards[0]}")
-                else:
-                    self.report(label, FAIL, "the simulated reader delivered nothing")
-                continue
-            await _until(lambda r=reader: getattr(r, "ready", True)
-                         or self.rec.faults(since, Fault.READER_FAILURE),
-                         READER_READY_WAIT if self.interactive else 1.0)
-            failed = self.rec.faults(since, Fault.READER_FAILURE)
-            if failed:
-                self.report(label, FAIL, failed[-1], _reader_hint(model, port))
-                continue
-            if not self.interactive or self.card_wait <= 0:
-                self.report(label, SKIP, "port open; no card asked for without an installer "
-                            "(run hw-test without --yes)")
-                continue
-            print(f"{label}: tap a card now… (waiting up to {self.card_wait:g} s)", flush=True)
-            await _until(lambda: self.rec.cards(since)
-                         or self.rec.faults(since, Fault.READER_FAILURE), self.card_wait, 0.02)
+            await self.check_card_reader(reader)
+
+    async def check_card_reader(self, reader: Any) -> None:
+        driver = self.driver("card_reader")
+        port = getattr(reader, "port", None)
+        model = getattr(reader, "model", driver)
+        label = f"card reader ({model} on {port})" if port else f"card reader ({driver})"
+        since = len(self.rec.events)
+
+        def failed() -> list[str]:
+            return self.rec.faults(since, Fault.READER_FAILURE)
+
+        await self.start(reader)
+        if driver == "mock":
+            present = getattr(reader, "present", None)
+            if present is not None:
+                present("HWTEST")
             cards = self.rec.cards(since)
-            failed = self.rec.faults(since, Fault.READER_FAILURE)
             if cards:
-                uid = cards[0]
-                if len(uid) > MAX_ID_TAG:
-                    self.report(label, FAIL, f"card {uid} read, but its id has {len(uid)} "
-                                f"characters and an OCPP 1.6 idTag at most {MAX_ID_TAG}",
-                                "use cards with shorter UIDs")
-                else:
-                    self.report(label, PASS, f"card read: idTag {uid} (register this id in "
-                                "the CSMS)")
-            elif failed:
-                self.report(label, FAIL, failed[-1], _reader_hint(model, port))
+                self.report(label, PASS, f"simulated tap delivered idTag {cards[0]}")
             else:
-                self.report(label, FAIL, f"no card read within {self.card_wait:g} s",
-                            _reader_hint(model, port, silent=True))
+                self.report(label, FAIL, "the simulated reader delivered nothing")
+            return
+        await _until(lambda: getattr(reader, "ready", True) or failed(),
+                     READER_READY_WAIT if self.interactive else 1.0)
+        if failed():
+            self.report(label, FAIL, failed()[-1], _reader_hint(model, port))
+            return
+        if not self.interactive or self.card_wait <= 0:
+            self.report(label, SKIP, "port open; no card asked for without an installer "
+                        "(run hw-test without --yes)")
+            return
+        print(f"  {label}: tap a card now… (waiting up to {self.card_wait:g} s)", flush=True)
+        await _until(lambda: self.rec.cards(since) or failed(), self.card_wait, 0.02)
+        cards = self.rec.cards(since)
+        if cards:
+            uid = cards[0]
+            if len(uid) > MAX_ID_TAG:
+                self.report(label, FAIL, f"card {uid} read, but its id has {len(uid)} "
+                            f"characters and an OCPP 1.6 idTag at most {MAX_ID_TAG}",
+                            "use cards with shorter UIDs")
+            else:
+                self.report(label, PASS, f"card read: idTag {uid} (register this id in the "
+                            "CSMS)")
+        elif failed():
+            self.report(label, FAIL, failed()[-1], _reader_hint(model, port))
+        else:
+            self.report(label, FAIL, f"no card read within {self.card_wait:g} s",
+                        _reader_hint(model, port, silent=True))
 
 
 def _reader_hint(model: str, port: str | None, silent: bool = False) -> str:
@@ -652,11 +675,19 @@ async def _run(config: Config, card_wait: float, interactive: bool) -> list[Resu
                                   interactive=interactive).run()
     results = []
     for error in errors:
-        result = Result("hardware", FAIL, f"cannot open the devices: {error}",
-                        "run hw-test on the charger's own controller (a Raspberry Pi with GPIO "
-                        "and the adapters plugged in) as a user in the gpio and dialout groups")
+        where, _, what = error.partition(": ")
+        result = Result(where if what else "hardware", FAIL,
+                        f"cannot be opened: {what or where}")
         print(result.line(), flush=True)
         results.append(result)
+    text = " ".join(errors)
+    if "pin factory" in text:
+        hint = ("this machine offers no GPIO to gpiozero: run hw-test on the charger's own "
+                "Raspberry Pi, with python3-lgpio installed")
+    else:
+        hint = ("is another program (the cpagent service?) using these pins or ports? Run "
+                "hw-test as a user in the gpio and dialout groups")
+    print(f"hint: {hint}")
     return results
 
 

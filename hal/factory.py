@@ -166,10 +166,29 @@ def build_hardware(
             extra = list(build_inputs(choice.inputs.options))
         except DriverConfigError as exc:
             errors += [f"hardware.inputs.{e}" for e in exc.errors]
+    errors += _shared_ports(choice)
     if errors:
         raise DriverConfigError(errors)
     all_mock = not real and not extra
     return BuiltHardware(hardware, mock if all_mock or _any_mock(choice) else None, extra)
+
+
+def _shared_ports(choice: HardwareChoice) -> list[str]:
+    """Meters share one RS-485 adapter among themselves, but the EVSE board's poller and the
+    meters each open the serial port exclusively: say so at load, not at the first read."""
+    users: dict[str, str] = {}
+    errors = []
+    for kind in ("pilot", "meter", "card_reader"):
+        device = getattr(choice, kind)
+        port = device.options.get("port")
+        if device.driver in ("mock", "none") or not isinstance(port, str):
+            continue
+        if port in users:
+            errors.append(f"hardware.{kind}.port: {port} is also hardware.{users[port]}.port; "
+                          f"this build opens a serial port from one driver only, so give the "
+                          f"{kind} its own adapter")
+        users.setdefault(port, kind)
+    return errors
 
 
 def _any_mock(choice: HardwareChoice) -> bool:

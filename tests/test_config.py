@@ -435,3 +435,33 @@ def test_check_main_missing_file(tmp_path, capsys):
     path = tmp_path / "nope.toml"
     assert check_main(str(path)) == 1
     assert capsys.readouterr().out == f"{path}: file not found\n"
+
+
+def test_two_drivers_on_one_serial_port_is_a_config_error(tmp_path):
+    path = tmp_path / "shared.toml"
+    path.write_text('[charge_point]\nid = "HW-1"\n[csms]\nurl = "ws://127.0.0.1:9/ocpp"\n'
+                    f'[station]\ndata_dir = "{tmp_path}"\n'
+                    '[hardware.pilot]\ndriver = "evse_wb"\nport = "/dev/ttyUSB0"\n'
+                    '[hardware.contactor]\ndriver = "none"\n'
+                    '[hardware.meter]\ndriver = "modbus"\nmodel = "sdm630"\n'
+                    'port = "/dev/ttyUSB0"\nunit = 2\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert any("hardware.meter.port: /dev/ttyUSB0 is also hardware.pilot.port" in e
+               for e in raised.value.errors)
+
+
+def test_driver_options_are_checked_at_load(tmp_path):
+    path = tmp_path / "bad-driver.toml"
+    path.write_text('[charge_point]\nid = "HW-1"\n[csms]\nurl = "ws://127.0.0.1:9/ocpp"\n'
+                    f'[station]\ndata_dir = "{tmp_path}"\n'
+                    '[hardware.meter]\ndriver = "modbus"\nmodel = "sdm631"\nport = "COM3"\n'
+                    '[hardware.card_reader]\ndriver = "rdm6300"\nport = "/dev/ttyAMA0"\n'
+                    'hold_of = 2\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    text = "\n".join(raised.value.errors)
+    assert "hardware.meter.model: must be one of" in text and "did you mean 'sdm630'" in text
+    assert "hardware.meter.port: must be a serial device path like /dev/ttyUSB0 (got 'COM3')" \
+        in text
+    assert "hardware.card_reader.hold_of: unknown option (did you mean 'hold_off'?)" in text

@@ -34,6 +34,9 @@ async def test_rcd_trip_mid_session_on_real_drivers(csms, start_agent, pins):
                                                 "connector_id": 1}},
         })
         await booted(csms)
+        boot = csms.calls("BootNotification")[0].payload
+        assert boot["meterType"] == "sdm630"
+        assert boot["meterSerialNumber"] == str(bus.devices[1].serial)
         relay, rcd = pins.pin(17), pins.pin(5)
         cp.mock.plug(1)
         cp.mock.swipe("04A2B3C4")

@@ -186,6 +186,14 @@ class Ocpp16Adapter:
                    "firmwareVersion": identity.firmware_version}
         if identity.serial:
             payload["chargePointSerialNumber"] = identity.serial
+        # The meter of connector 1 identifies the station's metering to the operator.
+        meter = self.agent.hardware.meters.get(1)
+        model = getattr(getattr(meter, "settings", None), "model", None)
+        serial = getattr(meter, "serial_number", None)
+        if isinstance(model, str):
+            payload["meterType"] = model[:25]
+        if isinstance(serial, str) and serial:
+            payload["meterSerialNumber"] = serial[:25]
         while True:
             try:
                 answer = await rpc.call("BootNotification", payload)

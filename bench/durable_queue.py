@@ -83,7 +83,7 @@ async def replay_figures(count: int) -> tuple[float, float]:
             task = asyncio.create_task(agent.run())
             while not sent:
                 await asyncio.sleep(0.001)
-            while agent.outbox.durable_depth:
+            while agent.outbox.pending:
                 await asyncio.sleep(0.005)
             rate = count / (answered[-1] - sent[0])
             rpc = agent.adapter.rpc

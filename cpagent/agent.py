@@ -259,8 +259,9 @@ class Agent:
     async def _finish_reset(self, hard: bool) -> None:
         if not hard:
             deadline = time.monotonic() + SOFT_RESET_DRAIN
-            while self.outbox.durable_depth and time.monotonic() < deadline and self.adapter.online:
+            while self.outbox.pending and time.monotonic() < deadline and self.adapter.online:
                 await asyncio.sleep(0.1)
+            await self.outbox.flush()  # what was delivered is not sent again after the restart
         else:
             await asyncio.sleep(0.2)  # let the Reset answer leave
         log.warning("%s reset: restarting", "hard" if hard else "soft")
@@ -275,8 +276,9 @@ class Agent:
             # Wake just after each wall-clock second, so clock-aligned samples land on time.
             await asyncio.sleep(1.0 - (self.clock.now() % 1.0) + 0.01)
             ticks += 1
-            if ticks % CLOCK_CHECK_TICKS == 0 and self.clock.check_system():
-                self.submit(lambda core, now: core.clock_synchronised(now))
+            jump = self.clock.check_system() if ticks % CLOCK_CHECK_TICKS == 0 else None
+            if jump is not None:
+                self.submit(lambda core, now, j=jump: core.clock_synchronised(now, j))
             self.submit(lambda core, now: core.tick(now))
 
     async def _flush_cache(self) -> None:
@@ -402,6 +404,8 @@ class Agent:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             await control.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.outbox.flush(), 5)
             for device in [*self.hardware.devices(), *self.inputs]:
                 with contextlib.suppress(Exception):
                     await device.stop()
@@ -464,7 +468,7 @@ class Agent:
             },
             "clock_trusted": self.clock.trusted,
             "connectors": connectors,
-            "queue": {"durable": self.outbox.durable_depth,
+            "queue": {"durable": self.outbox.depth,
                       "volatile": self.outbox.volatile_depth},
             "last_error": self.last_error or transport.last_error,
             "mock_hardware": self.mock is not None,

@@ -37,9 +37,14 @@ def system_clock_synchronised() -> bool:
 
 
 class Clock:
-    """Until the time is known, time runs on the monotonic clock from where the system clock
-    stood at start, so a step of the system clock (NTP arriving late) cannot bend the stamps
-    already taken; when the time becomes known they are all moved by one correction."""
+    """Time the agent can vouch for, immune to steps of the system clock.
+
+    Until the time is known it runs on the monotonic clock from where the system clock stood
+    at start. The CSMS's time is kept as an anchor plus monotonic time, so a later NTP step of
+    the system clock cannot bend it either; once the kernel reports the system clock
+    synchronised (auto mode), the system clock takes over. Stamps taken before the time was
+    known are moved by `correction` when they are sent.
+    """
 
     def __init__(
         self,
@@ -52,11 +57,12 @@ class Clock:
         self._wall = wall
         self._monotonic = monotonic
         self._synchronised = synchronised
-        self.offset = 0.0
         self.correction = 0.0  # what to add to stamps taken before the time was known
         self._started_wall = wall()
         self._started_mono = monotonic()
-        self.trusted = source == "system" or (source == "auto" and synchronised())
+        self._anchor: tuple[float, float] | None = None  # (CSMS time, monotonic) when set
+        self.on_system = source == "system" or (source == "auto" and synchronised())
+        self.trusted = self.on_system
         # Stamps below this were taken before the time was known (see stamp_trusted).
         self.trusted_from = float("-inf") if self.trusted else float("inf")
 
@@ -68,9 +74,12 @@ class Clock:
         return self._started_wall + (self.correction if self.trusted else 0.0)
 
     def now(self) -> float:
-        if not self.trusted:
-            return self._untrusted_now()
-        return self._wall() + self.offset
+        if self.on_system:
+            return self._wall()
+        if self._anchor is not None:
+            true, mono = self._anchor
+            return true + (self._monotonic() - mono)
+        return self._untrusted_now()
 
     def stamp_trusted(self, stamp: float) -> bool:
         return self.trusted and stamp >= self.trusted_from
@@ -82,28 +91,36 @@ class Clock:
         log.info("time known from %s (stamps taken before move by %+.3f s)", why,
                  self.correction)
 
-    def check_system(self) -> bool:
-        """In auto mode, trust the system clock once the kernel reports it synchronised;
-        True when trust was just gained."""
-        if self.trusted or self.source != "auto" or not self._synchronised():
-            return False
-        self.offset = 0.0
-        self._gain_trust(self._wall(), "the synchronised system clock")
-        return True
+    def check_system(self) -> float | None:
+        """In auto mode, go over to the system clock once the kernel reports it synchronised.
+        Returns the jump of `now()` when trust was just gained, else None."""
+        if self.on_system or self.source != "auto" or not self._synchronised():
+            return None
+        before = self.now()
+        gained = not self.trusted
+        if gained:
+            self._gain_trust(self._wall(), "the synchronised system clock")
+        else:
+            log.info("system clock synchronised: it takes over from the CSMS's time "
+                     "(%+.3f s)", self._wall() - before)
+        self.on_system = True
+        return self.now() - before if gained else None
 
-    def csms_time(self, csms_now: float) -> bool:
-        """Take the CSMS's time when ours is not trusted; True when trust was just gained.
-        A time no software of ours can run at (before 2024, after 2200) is ignored."""
-        if self.source == "system" or (self.trusted and self.source == "auto"):
-            return False
+    def csms_time(self, csms_now: float) -> float | None:
+        """Take the CSMS's time when the system clock is not synchronised; returns the jump
+        of `now()` when trust was just gained, else None. A time no software of ours can run
+        at (before 2024, after 2200) is ignored."""
+        if self.on_system:
+            return None
         if not PLAUSIBLE_FLOOR <= csms_now <= PLAUSIBLE_CEILING:
             log.warning("ignoring an implausible time from the CSMS (%.0f)", csms_now)
-            return False
-        self.offset = csms_now - self._wall()
-        if self.trusted:
-            return False
-        self._gain_trust(csms_now, "the CSMS")
-        return True
+            return None
+        before = self.now()
+        gained = not self.trusted
+        if gained:
+            self._gain_trust(csms_now, "the CSMS")
+        self._anchor = (csms_now, self._monotonic())
+        return csms_now - before if gained else None
 
 
 def format_time(ts: float) -> str:

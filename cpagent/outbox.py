@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint, RpcError
+from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint
 from cpagent.store import AsyncStore, OutboxEntry
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,7 @@ class Outbox:
         self.last_durable_seq = 0
         self.durable_depth = 0
         self._done_upto = 0
+        self.sent_upto = 0  # every durable entry up to this seq is finished with
         self._deleting: asyncio.Future | None = None
 
     async def open(self) -> None:
@@ -78,6 +79,16 @@ class Outbox:
                     message.future.set_exception(ConnectionLost(why))
 
     @property
+    def depth(self) -> int:
+        """About how many durable messages wait (exact unless the disk guard raced a read)."""
+        return max(self.durable_depth, 1) if self.pending else 0
+
+    @property
+    def pending(self) -> bool:
+        """Durable messages are waiting to be sent."""
+        return self.sent_upto < self.last_durable_seq
+
+    @property
     def volatile_depth(self) -> int:
         return len(self._urgent) + len(self._ordered)
 
@@ -95,17 +106,21 @@ class Outbox:
         # commits only resends delivered messages with their own ids, which a CSMS
         # recognises; it never loses one.
         ahead: deque[OutboxEntry] = deque()
-        cursor = self._done_upto  # delivered on an earlier link, maybe not yet deleted
+        cursor = self.sent_upto  # delivered on an earlier link, maybe not yet deleted
         retry_at: dict[int, float] = {}  # seq -> when a failed entry may go again
         try:
             while True:
                 if self._urgent:
                     await self._send_volatile(rpc, self._urgent.popleft())
                     continue
-                if not ahead and self.durable_depth > 0:
+                if not ahead and cursor < self.last_durable_seq:
+                    # The sequence numbers decide what is left, not a count: the disk guard
+                    # may delete queued readings at any time.
+                    queued_upto = self.last_durable_seq
                     ahead.extend(await self._store.run(self._store.store.outbox_after,
                                                        cursor, READ_AHEAD))
                     if not ahead:
+                        cursor = self.sent_upto = max(cursor, queued_upto)
                         self.durable_depth = 0
                 head = ahead[0] if ahead else None
                 if self._ordered and (head is None or self._ordered[0].watermark < head.seq):
@@ -123,7 +138,7 @@ class Outbox:
                     if again_in is None:
                         ahead.popleft()
                         retry_at.pop(head.seq, None)
-                        cursor = head.seq
+                        cursor = self.sent_upto = head.seq
                         self.durable_depth = max(0, self.durable_depth - 1)
                         if not ahead or cursor - self._done_upto >= READ_AHEAD:
                             self._forget_upto(cursor)
@@ -201,10 +216,5 @@ class Outbox:
                         entry.action, entry.unique_id, exc, attempts + 1, policy.attempts(),
                         wait)
             return wait
-        except RpcError as exc:
-            # Our own message breaks the schema: a bug, not a reason to stop the queue.
-            log.critical("queued %s %s is not valid OCPP and cannot be sent (%s): %s",
-                         entry.action, entry.unique_id, exc.details or exc, payload)
-            return None
         await delivered(entry, result)
         return None

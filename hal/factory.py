@@ -166,28 +166,41 @@ def build_hardware(
             extra = list(build_inputs(choice.inputs.options))
         except DriverConfigError as exc:
             errors += [f"hardware.inputs.{e}" for e in exc.errors]
-    errors += _shared_ports(choice)
+    errors += _shared_ports(choice, connectors)
     if errors:
         raise DriverConfigError(errors)
     all_mock = not real and not extra
     return BuiltHardware(hardware, mock if all_mock or _any_mock(choice) else None, extra)
 
 
-def _shared_ports(choice: HardwareChoice) -> list[str]:
-    """Meters share one RS-485 adapter among themselves, but the EVSE board's poller and the
-    meters each open the serial port exclusively: say so at load, not at the first read."""
-    users: dict[str, str] = {}
+def _shared_ports(choice: HardwareChoice, connectors: int) -> list[str]:
+    """Meters share one RS-485 adapter among themselves, but every EVSE board poller, the
+    meters' link and a card reader each open a serial port exclusively: say so at load, not
+    at the first read."""
+    users: dict[str, tuple[str, str]] = {}  # port -> (kind, where)
     errors = []
     for kind in ("pilot", "meter", "card_reader"):
         device = getattr(choice, kind)
-        port = device.options.get("port")
-        if device.driver in ("mock", "none") or not isinstance(port, str):
+        if device.driver in ("mock", "none"):
             continue
-        if port in users:
-            errors.append(f"hardware.{kind}.port: {port} is also hardware.{users[port]}.port; "
-                          f"this build opens a serial port from one driver only, so give the "
-                          f"{kind} its own adapter")
-        users.setdefault(port, kind)
+        ids = range(1, connectors + 1) if kind != "card_reader" else [0]
+        for connector_id in ids:
+            try:
+                options = connector_options(device.options, connector_id, connectors)
+            except DriverConfigError:
+                continue  # reported by the builder
+            port = options.get("port")
+            if not isinstance(port, str) or options.get("transport", "rtu") != "rtu":
+                continue
+            where = f"hardware.{kind}" + (f" (connector {connector_id})" if connector_id else "")
+            if port in users:
+                other_kind, other = users[port]
+                if not (kind == other_kind == "meter"):
+                    errors.append(f"hardware.{kind}.port: {port} is also used by {other}; this "
+                                  f"build opens a serial port from one driver only, so give "
+                                  f"each its own adapter")
+                continue
+            users[port] = (kind, where)
     return errors
 
 

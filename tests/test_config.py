@@ -447,8 +447,21 @@ def test_two_drivers_on_one_serial_port_is_a_config_error(tmp_path):
                     'port = "/dev/ttyUSB0"\nunit = 2\n')
     with pytest.raises(ConfigError) as raised:
         load_config(path)
-    assert any("hardware.meter.port: /dev/ttyUSB0 is also hardware.pilot.port" in e
+    assert any("hardware.meter.port: /dev/ttyUSB0 is also used by hardware.pilot" in e
                for e in raised.value.errors)
+
+
+def test_two_board_pilots_on_one_port_and_connector_overrides_are_checked(tmp_path):
+    path = tmp_path / "two.toml"
+    path.write_text('[charge_point]\nid = "HW-2"\n[csms]\nurl = "ws://127.0.0.1:9/ocpp"\n'
+                    f'[station]\nconnectors = 2\ndata_dir = "{tmp_path}"\n'
+                    '[hardware.pilot]\ndriver = "evse_wb"\nport = "/dev/ttyUSB0"\n'
+                    '[hardware.pilot.connector_2]\nunit_id = 2\n'
+                    '[hardware.contactor]\ndriver = "none"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert any("hardware.pilot.port: /dev/ttyUSB0 is also used by hardware.pilot (connector 1)"
+               in e for e in raised.value.errors)
 
 
 def test_driver_options_are_checked_at_load(tmp_path):

@@ -1278,3 +1278,17 @@ def test_max_energy_on_invalid_id_lets_an_invalidated_session_finish_its_allowan
     assert SetContactor(1, False) in actions
     assert rig.cs.status(1)[0] is St.SUSPENDED_EVSE
     assert rig.cs.transactions() == [tx]  # suspended, not stopped
+
+
+def test_deadlines_and_stamps_move_with_the_clock_when_the_time_becomes_known():
+    rig = Rig(meter_sample_interval=60)
+    rig.cs.meter_sample(1, MeterReading(energy_wh=10.0))
+    tx = rig.charging()
+    began, due = tx.started_at, tx.next_sample_at
+    jump = 2 * 3600.0  # the board ran two hours ahead (RTC on local time)
+    rig.cs.clock_synchronised(rig.now - jump, -jump)
+    rig.now -= jump
+    assert tx.started_at == began - jump and tx.next_sample_at == due - jump
+    assert tx.samples[0].timestamp == began - jump
+    rig.later(61)
+    assert of(MeterValuesReport, rig.call("tick")[1])  # not two hours late

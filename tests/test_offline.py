@@ -132,7 +132,7 @@ async def test_a_start_refused_every_time_is_given_up_and_no_stop_goes_out_with_
     cp.mock.swipe("DOOMED")
     await csms.wait_for_call("StatusNotification", predicate=lambda p: p["status"] == "Finishing")
     for _ in range(100):
-        if cp.agent.outbox.durable_depth == 0:
+        if not cp.agent.outbox.pending:
             break
         await asyncio.sleep(0.02)
     assert len(csms.calls("StartTransaction")) == 2

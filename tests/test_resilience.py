@@ -135,7 +135,7 @@ def test_a_clock_step_before_the_time_is_known_cannot_bend_earlier_stamps():
     mono[0] += 10
     wall[0] = real  # NTP steps the system clock; the kernel has not said "synchronised" yet
     assert clock.now() == 86_400.0 + 15  # untrusted time is not bent by the step
-    assert clock.csms_time(real)  # BootNotification.conf: the time is known
+    assert clock.csms_time(real) is not None  # BootNotification.conf: the time is known
     assert abs((stamp + clock.correction) - (real - 10)) < 1e-6
     assert clock.stamp_trusted(clock.now())
 
@@ -143,14 +143,30 @@ def test_a_clock_step_before_the_time_is_known_cannot_bend_earlier_stamps():
 def test_the_clock_trusts_the_system_once_the_kernel_reports_it_synchronised():
     synced = [False]
     clock = Clock("auto", wall=time.time, synchronised=lambda: synced[0])
-    assert not clock.trusted and not clock.check_system()
+    assert not clock.trusted and clock.check_system() is None
     synced[0] = True
-    assert clock.check_system() and clock.trusted
+    assert clock.check_system() is not None and clock.trusted
     assert abs(clock.now() - time.time()) < 0.01
 
 
 def test_implausible_csms_times_are_ignored():
     clock = Clock("csms", wall=time.time, synchronised=lambda: False)
-    assert not clock.csms_time(253402300799.0)  # 9999-12-31
-    assert not clock.csms_time(0.0)
+    assert clock.csms_time(253402300799.0) is None  # 9999-12-31
+    assert clock.csms_time(0.0) is None
     assert not clock.trusted
+
+
+def test_ntp_after_the_csms_time_takes_over_and_neither_step_bends_the_clock():
+    real = time.time()
+    mono = [0.0]
+    wall = [real - 3 * 86400]  # fake-hwclock: three days behind
+    synced = [False]
+    clock = Clock("auto", wall=lambda: wall[0] + mono[0], synchronised=lambda: synced[0],
+                  monotonic=lambda: mono[0])
+    assert clock.csms_time(real) is not None  # BootNotification.conf
+    mono[0] += 10
+    wall[0] = real  # NTP steps the system clock by three days
+    assert abs(clock.now() - (real + 10)) < 1e-6  # the CSMS anchor is not bent by the step
+    synced[0] = True
+    assert clock.check_system() is None  # already trusted: no stamps to move
+    assert abs(clock.now() - (real + 10)) < 1e-6  # the system clock took over, same time

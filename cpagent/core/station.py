@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cpagent.core.model import (
     Action,
@@ -526,8 +526,19 @@ class ChargingStation:
             self._stop_requests.clear()
             self._publish(now)
 
-    def clock_synchronised(self, now: float) -> None:
+    def clock_synchronised(self, now: float, jump: float = 0.0) -> None:
+        """The time is known; `now` moved by `jump` against the time the core ran on so far,
+        and every deadline and stamp the core holds moves with it."""
         self.clock_trusted = True
+        if jump:
+            for c in self.connectors.values():
+                if c.pending is not None:
+                    c.pending.since += jump
+                tx = c.transaction
+                if tx is not None:
+                    tx.started_at += jump
+                    tx.next_sample_at += jump
+                    tx.samples = [replace(s, timestamp=s.timestamp + jump) for s in tx.samples]
         # The first boundary after this moment is due even if no tick comes before it passes.
         self._align(now)
 

@@ -226,8 +226,9 @@ class Ocpp16Adapter:
         except ValueError:
             log.warning("ignoring unreadable currentTime %r", text)
             return
-        if self.agent.clock.csms_time(csms_now):
-            await self.agent.ask(lambda core, now: core.clock_synchronised(now))
+        jump = self.agent.clock.csms_time(csms_now)
+        if jump is not None:
+            await self.agent.ask(lambda core, now: core.clock_synchronised(now, jump))
 
     async def _heartbeat(self, rpc: RpcEndpoint) -> None:
         while True:
@@ -316,8 +317,11 @@ class Ocpp16Adapter:
         try:
             validate(VERSION, CALL, action, check)
         except RpcError as exc:
+            # Refused here, where its cause is: a start then never powers the connector, an
+            # unrecorded stop is closed again (PowerLoss) at the next start of the agent.
             log.critical("%s built for transaction %s is not valid OCPP: %s %s", action,
                          tx_local_id, exc.details or exc, payload)
+            raise
         return QueuedMessage(action, payload, tx_local_id, stamped_at,
                              self.agent.clock.stamp_trusted(stamped_at), self.agent.boot_id)
 
@@ -447,8 +451,10 @@ class Ocpp16Adapter:
 
     async def _delivered(self, entry: OutboxEntry, answer: dict) -> None:
         if entry.action == "StartTransaction":
+            # Shielded: once the id is stored the start is never sent again, so the core must
+            # hear of it even if the link dies halfway.
             try:
-                await self._start_confirmed(entry, answer)
+                await asyncio.shield(self._start_confirmed(entry, answer))
             finally:
                 self._start_settled()
         elif entry.action == "StopTransaction" and "idTagInfo" in answer:

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl
 import time
 from dataclasses import replace
 
 import pytest
-from harness import booted
+from harness import booted, self_signed
 from websockets.asyncio.server import serve
 
 from cpagent.clock import Clock, parse_time
+from cpagent.devcsms import DevCsms
 from cpagent.rpc import CallErrorReceived, CallTimeout, RpcEndpoint, RpcError, validate
 from cpagent.transport import backoff_delay
 
@@ -194,3 +196,36 @@ async def test_no_1970_timestamps_when_the_clock_is_only_set_by_the_csms(csms, s
     for record in csms.calls():
         if "timestamp" in record.payload:
             assert parse_time(record.payload["timestamp"]) > time.time() - 60, record
+
+
+async def test_wss_with_the_csms_ca_and_basic_auth(tmp_path, start_agent):
+    cert, key = self_signed(tmp_path)
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    password = "0123456789abcdef"
+    async with DevCsms(ssl_context=server_tls, basic_auth={"CP-TEST": password}) as secure:
+        assert secure.url.startswith("wss://")
+        cp = await start_agent(url=secure.url, csms={"ca_file": cert, "password": password})
+        await booted(secure)
+        assert secure.subprotocol("CP-TEST") == "ocpp1.6"
+        await cp.stop()
+        # A wrong password is refused by the CSMS, and the agent says why.
+        wrong = await start_agent(url=secure.url, data_dir=tmp_path / "wrong",
+                                  csms={"ca_file": cert, "password": "not-the-password"})
+        for _ in range(200):
+            if wrong.agent.transport.last_error:
+                break
+            await asyncio.sleep(0.01)
+        assert "HTTP 401" in wrong.agent.transport.last_error
+        await wrong.stop()
+        # A CSMS whose certificate is not signed by the configured CA is never trusted.
+        (tmp_path / "other").mkdir()
+        other_cert, _ = self_signed(tmp_path / "other")
+        stranger = await start_agent(url=secure.url, data_dir=tmp_path / "stranger",
+                                     csms={"ca_file": other_cert, "password": password})
+        for _ in range(200):
+            if stranger.agent.transport.last_error:
+                break
+            await asyncio.sleep(0.01)
+        assert "CERTIFICATE_VERIFY_FAILED" in stranger.agent.transport.last_error
+        assert len(secure.calls("BootNotification")) == 1

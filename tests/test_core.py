@@ -1292,3 +1292,13 @@ def test_deadlines_and_stamps_move_with_the_clock_when_the_time_becomes_known():
     assert tx.samples[0].timestamp == began - jump
     rig.later(61)
     assert of(MeterValuesReport, rig.call("tick")[1])  # not two hours late
+
+
+def test_no_new_session_while_a_reset_is_under_way():
+    rig = Rig(2)
+    rig.charging("A", 1)
+    rig.call("reset", False)
+    rig.plug(2)
+    assert rig.card("B", 2) == []
+    assert rig.call("remote_start", "C", 2)[0] is False
+    assert rig.cs.transactions() == []

@@ -214,7 +214,9 @@ class ChargingStation:
         return any(f.blocks_charging for f in {**self.station_faults, **c.faults})
 
     def _usable(self, c: _Connector) -> bool:
-        return c.operative and self.station_operative and not self._blocked(c)
+        # Once a reset is under way no new session may start before the restart.
+        return (c.operative and self.station_operative and not self._blocked(c)
+                and self._reset_pending is None)
 
     # ---- the power path ----------------------------------------------------------------------
 

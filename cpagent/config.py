@@ -419,11 +419,13 @@ def load_config(path: str | os.PathLike) -> Config:
 
 
 def demo_config(data_dir: Path, csms_url: str) -> Config:
-    """A valid all-mock configuration for the demo setup."""
+    """The all-mock configuration `cpagent demo` runs on."""
     return parse_config({
-        "charge_point": {"id": "DEMO-CP-1"},
+        "charge_point": {"id": "DEMO-CP-1", "vendor": "cpagent", "model": "demo"},
         "csms": {"url": csms_url},
         "station": {"connectors": 2, "data_dir": os.fspath(data_dir)},
+        # Energy fast-forwarded, so a few seconds of charging show real figures.
+        "hardware": {"meter": {"driver": "mock", "speedup": 120}},
     })
 
 

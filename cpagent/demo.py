@@ -10,17 +10,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 import tempfile
+from pathlib import Path
 
 from cpagent.agent import Agent
 from cpagent.clock import Clock
-from cpagent.config import parse_config
+from cpagent.config import demo_config
 from cpagent.devcsms import DevCsms, Record, format_record
 
 CARD = "04A2B3C4D5"
-IDENTITY = "DEMO-CP-1"
 
 
 class _Narrator:
@@ -40,16 +39,9 @@ async def run_demo(*, pace: float = 1.0, color: bool | None = None) -> int:
     narrator = _Narrator(color)
     with tempfile.TemporaryDirectory(prefix="cpagent-demo-") as tmp:
         async with DevCsms(on_record=narrator.record) as csms:
-            config = parse_config({
-                "charge_point": {"id": IDENTITY, "vendor": "cpagent", "model": "demo"},
-                "csms": {"url": csms.url},
-                "station": {"connectors": 2, "data_dir": tmp,
-                            "control_socket": os.path.join(tmp, "control.sock")},
-                # Energy fast-forwarded, so a few seconds of charging show real figures.
-                "hardware": {"meter": {"driver": "mock", "speedup": 120}},
-            })
+            config = demo_config(Path(tmp), csms.url)
             narrator.step(f"Local CSMS listening on {csms.url}; starting the charger "
-                          f"{IDENTITY} on mock hardware (data in {tmp})")
+                          f"{config.charge_point.id} on mock hardware (data in {tmp})")
             print(f"  (while it runs: cpagent status --socket {config.station.control_socket})")
             agent = Agent(config, clock=Clock("system"))
             task = asyncio.create_task(agent.run())
@@ -70,7 +62,7 @@ async def _play(agent: Agent, csms: DevCsms, narrator: _Narrator, pace: float) -
 
     await csms.wait_for_call("StatusNotification", predicate=lambda p: p["connectorId"] == 2)
     narrator.step("The CSMS asks for a meter reading every 2 seconds during sessions")
-    await csms.call(IDENTITY, "ChangeConfiguration",
+    await csms.call(agent.config.charge_point.id, "ChangeConfiguration",
                     {"key": "MeterValueSampleInterval", "value": "2"})
     await asyncio.sleep(0.5 * pace)
 

@@ -98,11 +98,8 @@ class Agent:
             max_current=config.station.max_current,
             free_vend_id_tag=config.station.free_vend_id_tag if config.station.free_vend else None,
         )
-        operative = {
-            int(key.split(".", 1)[1]): bool(store.state(key))
-            for key in (f"operative.{c}" for c in range(config.station.connectors + 1))
-            if store.state(key) is not None
-        }
+        stored = {c: store.state(f"operative.{c}") for c in range(config.station.connectors + 1)}
+        operative = {c: bool(value) for c, value in stored.items() if value is not None}
         cache = {
             tag: IdTagInfo(AuthStatus(status), parent, expiry)
             for tag, (status, parent, expiry) in store.auth_cache().items()

@@ -288,17 +288,6 @@ class Store:
         row = self._db.execute("SELECT MAX(local_id) FROM transactions").fetchone()
         return (row[0] or 0) + 1
 
-    def outbox_head(self, limit: int = 1) -> list[OutboxEntry]:
-        rows = self._db.execute(
-            "SELECT seq, unique_id, action, payload, tx_local_id, created_at, clock_trusted,"
-            " boot_id, attempts FROM outbox ORDER BY seq LIMIT ?",
-            (limit,),
-        )
-        return [
-            OutboxEntry(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], bool(r[6]), r[7], r[8])
-            for r in rows
-        ]
-
     def untrusted_boots(self) -> dict[str, float]:
         """For each earlier run that queued messages before knowing the time: its last stamp."""
         rows = self._db.execute(

@@ -128,7 +128,6 @@ def build_hardware(
         "meter": hardware.meters,
         "lock": hardware.locks,
     }
-    real = False
     for kind, devices in targets.items():
         device = getattr(choice, kind)
         if device.driver == "mock":
@@ -138,7 +137,6 @@ def build_hardware(
             continue
         builder = _per_connector(kind, device.driver)
         assert builder is not None, (kind, device.driver)
-        real = True
         for connector_id in list(devices):
             try:
                 options = connector_options(device.options, connector_id, connectors)
@@ -152,7 +150,6 @@ def build_hardware(
     elif reader.driver != "mock":
         from hal.card_readers import build_card_reader
 
-        real = True
         try:
             hardware.card_readers[:] = [build_card_reader({**reader.options,
                                                            "model": reader.driver})]
@@ -169,8 +166,7 @@ def build_hardware(
     errors += _shared_ports(choice, connectors)
     if errors:
         raise DriverConfigError(errors)
-    all_mock = not real and not extra
-    return BuiltHardware(hardware, mock if all_mock or _any_mock(choice) else None, extra)
+    return BuiltHardware(hardware, mock if _any_mock(choice) else None, extra)
 
 
 def _shared_ports(choice: HardwareChoice, connectors: int) -> list[str]:

@@ -256,7 +256,7 @@ async def test_near_the_data_limit_old_meter_values_go_and_starts_and_stops_stay
     dropped = await agent.keep_within_disk_limit()
     assert dropped > 0
     assert await agent.store.run(store.data_bytes) <= 0.9 * 8 * 1024 * 1024
-    actions = [e.action for e in await agent.store.run(store.outbox_head, 100000)]
+    actions = [e.action for e in await agent.store.run(store.outbox_after, 0, 100000)]
     assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
     assert actions.count("MeterValues") == 5000 - dropped
     assert "dropped" in cp.agent.last_error

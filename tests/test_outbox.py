@@ -80,7 +80,7 @@ async def test_a_new_link_does_not_resend_what_the_last_one_delivered(tmp_path):
     sender.cancel()
     await asyncio.gather(sender, return_exceptions=True)
     store.store.enqueue(message("StopTransaction"))
-    outbox.durable_added(store.store.outbox_head(100)[-1])
+    outbox.durable_added(store.store.outbox_after(0, 100)[-1])
     second = Link()
     sender = asyncio.create_task(outbox.run(second, ready, nothing, POLICY))
     while outbox.pending:

@@ -1302,3 +1302,18 @@ def test_no_new_session_while_a_reset_is_under_way():
     assert rig.card("B", 2) == []
     assert rig.call("remote_start", "C", 2)[0] is False
     assert rig.cs.transactions() == []
+
+
+def test_second_tap_while_finishing_then_unplug_is_available():
+    """A card presented again on a Finishing connector belongs to the car still plugged in:
+    when that car leaves, so does the waiting authorization."""
+    rig = Rig()
+    rig.charging("CARD1")
+    rig.card("CARD1")  # stops the session: Finishing
+    assert rig.cs.status(1)[0] is St.FINISHING
+    assert rig.card("CARD2") == [RequestAuthorization("CARD2")]
+    assert statuses(rig.unplug()) == [St.AVAILABLE]
+    assert rig.cs.connector(1).pending is None
+    # The late answer finds nothing to start.
+    assert kinds(rig.answer("CARD2")) == [AuthCacheUpdated]
+    assert rig.cs.status(1)[0] is St.AVAILABLE

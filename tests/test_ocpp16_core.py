@@ -1093,3 +1093,40 @@ async def test_while_rejected_csms_calls_go_unanswered(csms, start_agent):
     with pytest.raises(TimeoutError):
         await csms.call("CP-TEST", "GetConfiguration", {}, timeout=0.5)
     assert [r for r in csms.records if r.direction == "cp->csms" and r.kind != "call"] == []
+
+
+async def test_configuration_keys_are_case_insensitive(csms, start_agent):
+    """1.6 keys are CiString: any spelling names the key, answers use its own spelling."""
+    cp = await start_agent()
+    await booted(csms)
+    assert await csms.call(CP, "ChangeConfiguration",
+                           {"key": "connectiontimeout", "value": "45"}) == {"status": "Accepted"}
+    assert await csms.call(CP, "ChangeConfiguration",
+                           {"key": "CONNECTIONTIMEOUT", "value": "46"}) == {"status": "Accepted"}
+    spellings = ["heartbeatinterval", "ConnectionTimeout", "HEARTBEATINTERVAL"]
+    answer = await csms.call(CP, "GetConfiguration", {"key": spellings})
+    assert answer == {"configurationKey": [
+        {"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+        {"key": "ConnectionTimeOut", "readonly": False, "value": "46"},
+    ]}
+    await cp.settle()
+    assert cp.agent.core.settings.connection_timeout == 46.0
+
+
+async def test_remote_start_with_a_charging_profile_is_not_accepted_and_dropped(csms,
+                                                                                start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    profile = {"chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
+               "chargingProfileKind": "Relative",
+               "chargingSchedule": {"chargingRateUnit": "A",
+                                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6}]}}
+    mark = csms.mark()
+    answer = await csms.call(CP, "RemoteStartTransaction",
+                             {"idTag": "REMOTE1", "connectorId": 1, "chargingProfile": profile})
+    assert answer == {"status": "Rejected"}
+    cp.mock.plug(1)
+    await wait_status(csms, "Preparing", after=mark)
+    await cp.settle()
+    assert not calls_after(csms, "StartTransaction", mark)
+    assert not cp.agent.hardware.contactors[1].is_closed

@@ -263,8 +263,10 @@ class ChargingStation:
             c.finishing = False
             if c.transaction is not None and self.settings.stop_on_ev_disconnect:
                 self._stop(c, StopReason.EV_DISCONNECTED, now)
-            if c.pending is not None and c.pending.authorized and previous.vehicle_present:
-                c.pending = None  # the session being prepared left with the car
+            if c.pending is not None and previous.vehicle_present:
+                # The session being prepared left with the car, whether or not its card was
+                # answered yet (a second tap while Finishing must not outlive the unplug).
+                c.pending = None
             self._update_power(c)  # open before the plug is released
             if previous.vehicle_present and self.settings.unlock_on_ev_disconnect:
                 self._emit(UnlockConnector(c.id))

@@ -25,7 +25,7 @@ from cpagent.core.model import (
     TransactionStarted,
     TransactionStopped,
 )
-from cpagent.ocpp16.configuration import KEYS, Configuration, InvalidValue
+from cpagent.ocpp16.configuration import KEYS, Configuration, InvalidValue, canonical_key
 from cpagent.ocpp16.metering import meter_value
 from cpagent.outbox import RetryPolicy
 from cpagent.rpc import (
@@ -511,8 +511,8 @@ class Ocpp16Adapter:
         return {"status": status.value}
 
     async def _change_configuration(self, payload: dict) -> dict:
-        name, value = payload["key"], payload["value"]
-        if name not in KEYS:
+        name, value = canonical_key(payload["key"]), payload["value"]
+        if name is None:
             return {"status": "NotSupported"}
         try:
             canonical = self.configuration.change(name, value)
@@ -535,8 +535,8 @@ class Ocpp16Adapter:
     async def _get_configuration(self, payload: dict) -> dict:
         wanted = payload.get("key")
         names = list(KEYS) if not wanted else list(dict.fromkeys(wanted))
-        known = [n for n in names if n in KEYS]
-        unknown = [n for n in names if n not in KEYS]
+        known = list(dict.fromkeys(k for n in names if (k := canonical_key(n)) is not None))
+        unknown = [n for n in names if canonical_key(n) is None]
         answer: dict[str, Any] = {
             "configurationKey": [
                 {"key": n, "readonly": KEYS[n].readonly, "value": self.configuration.values[n]}
@@ -592,8 +592,11 @@ class Ocpp16Adapter:
         if connector_id is not None and not self._connector_ok(connector_id, station=False):
             return {"status": "Rejected"}
         if "chargingProfile" in payload:
-            log.info("RemoteStartTransaction carries a charging profile; smart charging is not "
-                     "supported by this build, charging at the station's maximum")
+            # Accepting the start and charging past the CSMS's limit would break its load
+            # balancing: refuse until the limit can be applied (Smart Charging profile).
+            log.warning("RemoteStartTransaction rejected: it carries a charging profile and "
+                        "this build does not support Smart Charging yet")
+            return {"status": "Rejected"}
         id_tag = payload["idTag"]
         started = await self.agent.ask(
             lambda core, now: core.remote_start(id_tag, connector_id, now)

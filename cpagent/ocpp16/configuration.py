@@ -130,6 +130,15 @@ KEYS: dict[str, Key] = {
 }
 
 
+_BY_FOLDED = {name.casefold(): name for name in KEYS}
+
+
+def canonical_key(name: str) -> str | None:
+    """The key's own spelling: 1.6 keys are CiString, so `connectiontimeout` names
+    ConnectionTimeOut; None for a key this charge point does not have."""
+    return _BY_FOLDED.get(name.casefold())
+
+
 @dataclass
 class Configuration:
     """The live key values, with the typed views the adapter and the core read."""

@@ -175,9 +175,30 @@ def _sim(args: argparse.Namespace) -> int:
     return 0 if answer is not None else 1
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class StartupFailure(Exception):
+    """The agent cannot start; the message names the problem and the fix."""
+
+
+def _startup_problem(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, PermissionError):
+        return f"permission denied: {exc.filename or text}; run as the cpagent user or fix " \
+               "the file's owner or mode"
+    if isinstance(exc, FileNotFoundError):
+        return f"not found: {exc.filename or text}"
+    return text
+
+
 def _run(config_path: Path, log_level: str | None) -> int:
     from cpagent.config import ConfigError, load_config
 
+    if log_level is not None and log_level.upper() not in LOG_LEVELS:
+        print(f"cpagent: --log-level {log_level!r} is not a log level; use one of "
+              f"{', '.join(LOG_LEVELS)}", file=sys.stderr)
+        return EX_CONFIG
     try:
         config = load_config(config_path)
     except ConfigError as exc:
@@ -188,22 +209,48 @@ def _run(config_path: Path, log_level: str | None) -> int:
     logging.basicConfig(level=(log_level or config.logging.level).upper(),
                         format=stamp + "%(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    from cpagent.agent import Agent
-
-    async def serve() -> str:
-        agent = Agent(config)
-        task = asyncio.create_task(agent.run())
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, task.cancel)
-        try:
-            return await task
-        except asyncio.CancelledError:
-            return "stopped"
-
-    outcome = asyncio.run(serve())
+    try:
+        outcome = asyncio.run(_serve(config))
+    except StartupFailure as exc:
+        print(f"cpagent: cannot start: {exc}", file=sys.stderr)
+        return EX_CONFIG
     if outcome in ("soft", "hard"):
         # OCPP Reset: start afresh in place, as a reboot of the application would.
         logging.shutdown()
         os.execv(sys.executable, [sys.executable, "-m", "cpagent", *sys.argv[1:]])
     return 0
+
+
+async def _serve(config) -> str:
+    from cpagent.agent import Agent
+
+    try:
+        agent = Agent(config)
+    except Exception as exc:  # the store, the hardware: nothing is running yet
+        raise StartupFailure(_startup_problem(exc)) from None
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+
+    def stop(signum: int) -> None:
+        if agent.stopping or not agent.ready.is_set():
+            task.cancel()  # a second signal, or before anything runs: no more waiting
+            return
+        # A clean stop: sessions end with reason Reboot, the link closes normally.
+        stopping.append(loop.create_task(agent.stop(signal.Signals(signum).name)))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop, signum)
+    ready = asyncio.ensure_future(agent.ready.wait())
+    await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not ready.done():
+        ready.cancel()
+        if task.cancelled():
+            return "stopped"
+        exc = task.exception()
+        if exc is not None:
+            raise StartupFailure(_startup_problem(exc))
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return "stopped"

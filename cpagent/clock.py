@@ -23,6 +23,8 @@ _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 # that booted without knowing the date.
 PLAUSIBLE_FLOOR = 1_704_067_200.0  # 2024-01-01T00:00:00Z
 PLAUSIBLE_CEILING = 7_258_118_400.0  # 2200-01-01T00:00:00Z
+CSMS_RESOLUTION = 1.0  # many CSMSs send whole seconds: differences this small are noise
+SLEW_RATE = 0.1  # a backward correction is taken in at 0.1 s per second
 
 
 def system_clock_synchronised() -> bool:
@@ -61,6 +63,9 @@ class Clock:
         self._started_wall = wall()
         self._started_mono = monotonic()
         self._anchor: tuple[float, float] | None = None  # (CSMS time, monotonic) when set
+        self._offset = 0.0  # corrections taken in since the anchor was set
+        self._pending = 0.0  # a backward correction still to be slewed in (<= 0)
+        self._slewed_at = monotonic()
         self.on_system = source == "system" or (source == "auto" and synchronised())
         self.trusted = self.on_system
         # Stamps below this were taken before the time was known (see stamp_trusted).
@@ -78,8 +83,19 @@ class Clock:
             return self._wall()
         if self._anchor is not None:
             true, mono = self._anchor
-            return true + (self._monotonic() - mono)
+            now_mono = self._monotonic()
+            self._slew(now_mono)
+            return true + (now_mono - mono) + self._offset
         return self._untrusted_now()
+
+    def _slew(self, now_mono: float) -> None:
+        """Work a pending backward correction in gradually, so time never runs backwards."""
+        elapsed = max(0.0, now_mono - self._slewed_at)
+        self._slewed_at = now_mono
+        if self._pending:
+            step = max(self._pending, -elapsed * SLEW_RATE)
+            self._offset += step
+            self._pending -= step
 
     def stamp_trusted(self, stamp: float) -> bool:
         return self.trusted and stamp >= self.trusted_from
@@ -115,12 +131,31 @@ class Clock:
         if not PLAUSIBLE_FLOOR <= csms_now <= PLAUSIBLE_CEILING:
             log.warning("ignoring an implausible time from the CSMS (%.0f)", csms_now)
             return None
+        if self.trusted and self._anchor is not None:
+            self._correct(csms_now - self.now())
+            return None
         before = self.now()
         gained = not self.trusted
         if gained:
             self._gain_trust(csms_now, "the CSMS")
         self._anchor = (csms_now, self._monotonic())
+        self._offset = self._pending = 0.0
+        self._slewed_at = self._anchor[1]
         return csms_now - before if gained else None
+
+    def _correct(self, error: float) -> None:
+        """A later time from the CSMS: whole-second answers jitter by up to a second, which
+        is ignored; being behind is made up at once (stamps stay in order), being ahead is
+        slewed out at SLEW_RATE so that no stamp is ever earlier than the one before."""
+        if abs(error) <= CSMS_RESOLUTION:
+            return
+        if error > 0:
+            self._offset += error
+            self._pending = 0.0
+            log.info("clock %.3f s behind the CSMS: moved forward", error)
+        else:
+            self._pending = error
+            log.info("clock %.3f s ahead of the CSMS: slowing down to make it up", -error)
 
 
 def format_time(ts: float) -> str:

@@ -31,6 +31,7 @@ __all__ = [
     "LoggingSettings",
     "StationSettings",
     "check_main",
+    "data_dir_problem",
     "demo_config",
     "load_config",
     "parse_config",
@@ -68,6 +69,7 @@ class CsmsSettings:
     reconnect_max: float
     ping_interval: int
     pong_timeout: float
+    max_frame_kb: int
     identity: str
 
     @property
@@ -221,8 +223,8 @@ def _ws_url(v: Any) -> str:
     return v
 
 
-_OCPP_SUPPORTED = ("1.6",)
-_OCPP_KNOWN = ("2.0", "2.0.1", "2.1")
+_OCPP_SUPPORTED = ("1.6", "2.0.1", "auto")
+_OCPP_KNOWN = ("2.0", "2.1")
 
 
 def _ocpp_version(v: Any) -> str:
@@ -256,6 +258,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "reconnect_max": (_num(1, 3600), 60.0),
         "ping_interval": (_int(0, 3600), 30),
         "pong_timeout": (_num(1, 300), 10.0),
+        "max_frame_kb": (_int(64, 16384), 1024),
     },
     "station": {
         "connectors": (_int(1, 8), 1),
@@ -407,6 +410,11 @@ def load_config(path: str | os.PathLike) -> Config:
         raise ConfigError(f"{shown}: cannot read: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{shown}: not valid UTF-8 text") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: tables or arrays nested too deeply to be a cpagent "
+                          "configuration") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{shown}: is a directory, not a configuration file") from None
     except tomllib.TOMLDecodeError as e:
         m = _TOML_POSITION.match(str(e))
         where = f" at line {m[2]}, column {m[3]}" if m else ""
@@ -429,12 +437,32 @@ def demo_config(data_dir: Path, csms_url: str) -> Config:
     })
 
 
+def data_dir_problem(directory: Path) -> str | None:
+    """What would keep the agent from keeping its data in `directory`, without creating it."""
+    if directory.exists() and not directory.is_dir():
+        return f"station.data_dir: {directory} is a file, not a directory"
+    probe = directory
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return (f"station.data_dir: {probe} is not writable by this user (uid {os.getuid()}); "
+                "fix its owner or mode, or choose another data_dir")
+    if probe == directory and (directory / "cpagent.db").exists() and not os.access(
+            directory / "cpagent.db", os.R_OK | os.W_OK):
+        return f"station.data_dir: {directory / 'cpagent.db'} is not readable and writable"
+    return None
+
+
 def check_main(path: str) -> int:
     """`cpagent config check FILE`: print OK and a summary, or the errors; return exit code."""
     try:
         config = load_config(path)
     except ConfigError as e:
         print(*e.errors, sep="\n")
+        return 1
+    problem = data_dir_problem(config.station.data_dir)
+    if problem:
+        print(f"{path}: {problem}")
         return 1
     hw = config.hardware
     drivers = " ".join(f"{kind}={getattr(hw, kind).driver}" for kind in DRIVERS)

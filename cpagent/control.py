@@ -14,12 +14,10 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hal.interfaces import Fault
-
-if TYPE_CHECKING:
-    from cpagent.agent import Agent
+from hal.mock import MockStation
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +30,22 @@ class ControlError(Exception):
     pass
 
 
-def handle_request(agent: Agent, request: Any) -> dict[str, Any]:
+class _Network(Protocol):
+    def set_network(self, up: bool) -> None: ...
+
+
+class ControlTarget(Protocol):
+    """What the control socket needs of the agent."""
+
+    mock: MockStation | None
+    transport: _Network
+
+    def snapshot(self) -> dict[str, Any]: ...
+    async def requeue_dead_letters(self) -> int: ...
+    async def dead_letter_list(self) -> list[dict[str, Any]]: ...
+
+
+async def handle_request(agent: ControlTarget, request: Any) -> dict[str, Any]:
     if not isinstance(request, dict):
         raise ControlError("a request is a JSON object")
     command = request.get("cmd")
@@ -40,10 +53,17 @@ def handle_request(agent: Agent, request: Any) -> dict[str, Any]:
         return agent.snapshot()
     if command == "sim":
         return _simulate(agent, request)
-    raise ControlError(f"unknown command {command!r} (allowed: status, sim)")
+    if command == "queue":
+        action = request.get("action")
+        if action == "retry":
+            return {"requeued": await agent.requeue_dead_letters()}
+        if action == "dead-letters":
+            return {"dead_letters": await agent.dead_letter_list()}
+        raise ControlError(f"unknown queue action {action!r} (allowed: retry, dead-letters)")
+    raise ControlError(f"unknown command {command!r} (allowed: status, sim, queue)")
 
 
-def _simulate(agent: Agent, request: dict) -> dict[str, Any]:
+def _simulate(agent: ControlTarget, request: dict) -> dict[str, Any]:
     mock = agent.mock
     if mock is None:
         raise ControlError("sim commands need the mock hardware (hardware drivers = \"mock\")")
@@ -66,8 +86,10 @@ def _simulate(agent: Agent, request: dict) -> dict[str, Any]:
             case "diode-fail":
                 mock.diode_fail(target)
             case "swipe":
-                if not isinstance(value, str) or not value.strip() or len(value) > 20:
-                    raise ControlError("swipe needs a card id of 1 to 20 characters")
+                # The length an identifier may have is the OCPP version's to say (20 in 1.6,
+                # 36 in 2.0.1); the agent checks it against the version of the link.
+                if not isinstance(value, str) or not value.strip() or len(value) > 255:
+                    raise ControlError("swipe needs a card id")
                 mock.swipe(value, connector)
             case "fault":
                 mock.fault(Fault.parse(str(value or "")), target)
@@ -86,7 +108,7 @@ def _simulate(agent: Agent, request: dict) -> dict[str, Any]:
 
 
 class ControlServer:
-    def __init__(self, agent: Agent, path: Path) -> None:
+    def __init__(self, agent: ControlTarget, path: Path) -> None:
         self.agent = agent
         self.path = Path(path)
         self._server: asyncio.AbstractServer | None = None
@@ -110,7 +132,8 @@ class ControlServer:
         try:
             while line := await reader.readline():
                 try:
-                    answer = {"ok": True, **handle_request(self.agent, json.loads(line))}
+                    answer = {"ok": True,
+                              **await handle_request(self.agent, json.loads(line))}
                 except (ControlError, ValueError) as exc:
                     answer = {"ok": False, "error": str(exc)}
                 writer.write(json.dumps(answer).encode() + b"\n")

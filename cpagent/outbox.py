@@ -1,14 +1,21 @@
 """What the agent has to say to the CSMS, in the order it must arrive.
 
 Three kinds of message share one sender:
-- durable ones (transaction messages) live in the store's outbox table and go in sequence
-  order, across reconnects and restarts, with the unique id they were given when queued;
-- ordered volatile ones (StatusNotification, MeterValues outside a transaction) wait for the
-  durable messages queued before them, so a CSMS never sees "Charging" before the start;
-- urgent ones (Authorize, Heartbeat, DataTransfer) go next, ahead of a replay backlog, because
-  a driver is standing at the charger.
+- durable records (transaction events, and what an adapter wants kept) live in the store's
+  outbox table and go in sequence order, across reconnects and restarts; the adapter of the
+  link turns each into its messages at send time, with ids derived from the record's own;
+- ordered volatile messages (StatusNotification, readings outside a transaction) wait for the
+  durable records queued before them, so a CSMS never sees "Charging" before the start;
+  they stop waiting when the record ahead is being retried after a refusal, so a status does
+  not freeze behind one StartTransaction;
+- urgent ones (Authorize, Heartbeat) go next, ahead of a replay backlog, because a driver is
+  standing at the charger.
 Volatile messages are not history: when the link drops they are dropped too, and the adapter
 reports the current state afresh on the next connection.
+
+Each delivered record is deleted from the store before the next but one is sent (the delete
+runs while the next one travels), so a crash resends at most the last confirmed record and
+the one in flight, each with its own id, never a backlog the CSMS already confirmed.
 """
 
 from __future__ import annotations
@@ -17,16 +24,25 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint
-from cpagent.store import AsyncStore, OutboxEntry
+from cpagent.host import Message, RetryPolicy, Undeliverable
+from cpagent.logs import RateLimited
+from cpagent.records import OutboxEntry
+from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint, RpcError
+
+if TYPE_CHECKING:
+    from cpagent.store import AsyncStore
 
 log = logging.getLogger(__name__)
+quiet = RateLimited(log)
 
 READ_AHEAD = 64
+_ID_SPACE = uuid.UUID("6b1f6f5e-8a77-4e0e-a7f0-3c1ad1f2a9b1")
 
 
 @dataclass
@@ -37,10 +53,16 @@ class _Volatile:
     future: asyncio.Future = field(repr=False)
 
 
-@dataclass
-class RetryPolicy:
-    attempts: Callable[[], int]
-    interval: Callable[[], float]
+Render = Callable[[OutboxEntry], Awaitable[list[Message]]]
+Delivered = Callable[[OutboxEntry, Message, dict], Awaitable[None]]
+FinalRefusal = Callable[[OutboxEntry, Message], str | None]
+
+
+def message_id(entry: OutboxEntry, message: Message) -> str:
+    """The record's own id for its first message; a stable derived one for any other."""
+    if not message.suffix:
+        return entry.unique_id
+    return str(uuid.uuid5(_ID_SPACE, f"{entry.unique_id}/{message.suffix}"))
 
 
 class Outbox:
@@ -51,13 +73,14 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self.last_durable_seq = 0
         self.durable_depth = 0
-        self._done_upto = 0
         self.sent_upto = 0  # every durable entry up to this seq is finished with
         self._deleting: asyncio.Future | None = None
+        self.dead_letters = 0
 
     async def open(self) -> None:
-        self.durable_depth = await self._store.run(self._store.store.outbox_count)
-        self.last_durable_seq = await self._store.run(self._store.store.outbox_last_seq)
+        self.durable_depth = await self._store.outbox_count()
+        self.last_durable_seq = await self._store.outbox_last_seq()
+        self.dead_letters = await self._store.dead_letter_count()
 
     def durable_added(self, entry: OutboxEntry) -> None:
         self.last_durable_seq = max(self.last_durable_seq, entry.seq)
@@ -80,99 +103,85 @@ class Outbox:
 
     @property
     def depth(self) -> int:
-        """About how many durable messages wait (exact unless the disk guard raced a read)."""
+        """How many durable records wait (exact unless the disk guard raced a read)."""
         return max(self.durable_depth, 1) if self.pending else 0
 
     @property
     def pending(self) -> bool:
-        """Durable messages are waiting to be sent."""
+        """Durable records are waiting to be sent."""
         return self.sent_upto < self.last_durable_seq
 
     @property
     def volatile_depth(self) -> int:
         return len(self._urgent) + len(self._ordered)
 
-    async def run(
-        self,
-        rpc: RpcEndpoint,
-        prepare: Callable[[OutboxEntry], Awaitable[dict | None]],
-        delivered: Callable[[OutboxEntry, dict], Awaitable[None]],
-        policy: RetryPolicy,
-    ) -> None:
-        """Send until the connection fails. `prepare` turns a stored entry into the payload
-        to send now (None: cannot be sent, drop it); `delivered` takes the CSMS's answer."""
-        # Entries are read ahead in small batches and deleted in batches behind the cursor:
-        # one store round trip per batch, not two per message. A crash before a delete
-        # commits only resends delivered messages with their own ids, which a CSMS
-        # recognises; it never loses one.
+    async def run(self, rpc: RpcEndpoint, render: Render, delivered: Delivered,
+                  final_refusal: FinalRefusal, policy: RetryPolicy) -> None:
+        """Send until the connection fails."""
+        # Entries are read ahead in small batches: one store round trip per batch.
         ahead: deque[OutboxEntry] = deque()
-        cursor = self.sent_upto  # delivered on an earlier link, maybe not yet deleted
-        retry_at: dict[int, float] = {}  # seq -> when a failed entry may go again
-        try:
-            while True:
-                if self._urgent:
-                    await self._send_volatile(rpc, self._urgent.popleft())
+        cursor = self.sent_upto
+        retry_at: dict[int, float] = {}  # seq -> when a refused entry may go again
+        while True:
+            if self._urgent:
+                await self._send_volatile(rpc, self._urgent.popleft())
+                continue
+            if not ahead and cursor < self.last_durable_seq:
+                # The sequence numbers decide what is left, not a count: the disk guard
+                # may delete queued readings at any time.
+                queued_upto = self.last_durable_seq
+                ahead.extend(await self._store.outbox_after(cursor, READ_AHEAD))
+                if not ahead:
+                    cursor = self.sent_upto = max(cursor, queued_upto)
+                    self.durable_depth = 0
+            head = ahead[0] if ahead else None
+            waiting = head is not None and retry_at.get(head.seq, 0.0) > time.monotonic()
+            if self._ordered and (head is None or waiting
+                                  or self._ordered[0].watermark < head.seq):
+                await self._send_volatile(rpc, self._ordered.popleft())
+                continue
+            if head is not None:
+                pause = retry_at.get(head.seq, 0.0) - time.monotonic()
+                if pause > 0:
+                    # Waiting to retry must not hold up a driver's Authorize.
+                    self._wakeup.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wakeup.wait(), pause)
                     continue
-                if not ahead and cursor < self.last_durable_seq:
-                    # The sequence numbers decide what is left, not a count: the disk guard
-                    # may delete queued readings at any time.
-                    queued_upto = self.last_durable_seq
-                    ahead.extend(await self._store.run(self._store.store.outbox_after,
-                                                       cursor, READ_AHEAD))
-                    if not ahead:
-                        cursor = self.sent_upto = max(cursor, queued_upto)
-                        self.durable_depth = 0
-                head = ahead[0] if ahead else None
-                if self._ordered and (head is None or self._ordered[0].watermark < head.seq):
-                    await self._send_volatile(rpc, self._ordered.popleft())
-                    continue
-                if head is not None:
-                    pause = retry_at.get(head.seq, 0.0) - time.monotonic()
-                    if pause > 0:
-                        # Waiting to retry must not hold up a driver's Authorize.
-                        self._wakeup.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wakeup.wait(), pause)
-                        continue
-                    again_in = await self._send_durable(rpc, head, prepare, delivered, policy)
-                    if again_in is None:
-                        ahead.popleft()
-                        retry_at.pop(head.seq, None)
-                        cursor = self.sent_upto = head.seq
-                        self.durable_depth = max(0, self.durable_depth - 1)
-                        if not ahead or cursor - self._done_upto >= READ_AHEAD:
-                            self._forget_upto(cursor)
-                    else:
-                        retry_at[head.seq] = time.monotonic() + again_in
-                        ahead.clear()  # read again: its attempt count changed
-                    continue
-                self._wakeup.clear()
-                await self._wakeup.wait()
-        finally:
-            if cursor:
-                self._forget_upto(cursor)
+                again_in = await self._send_durable(rpc, head, render, delivered,
+                                                    final_refusal, policy)
+                if again_in is None:
+                    ahead.popleft()
+                    retry_at.pop(head.seq, None)
+                    cursor = self.sent_upto = head.seq
+                    self.durable_depth = max(0, self.durable_depth - 1)
+                    await self._forget(head.seq)
+                else:
+                    retry_at[head.seq] = time.monotonic() + again_in
+                    ahead.clear()  # read again: its attempt count changed
+                continue
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
-    def _forget_upto(self, seq: int) -> None:
-        self._done_upto = max(self._done_upto, seq)
-        if self._deleting is None or self._deleting.done():
-            self._deleting = asyncio.ensure_future(self._delete_behind())
-
-    async def _delete_behind(self) -> None:
-        deleted = 0
-        while deleted < self._done_upto:
-            deleted = self._done_upto
-            await self._store.run(self._store.store.outbox_done_upto, deleted)
+    async def _forget(self, seq: int) -> None:
+        # One delete in flight: the previous one is durable before this one starts, so at
+        # most the entry just finished can be sent again after a crash.
+        if self._deleting is not None:
+            await asyncio.shield(self._deleting)
+        self._deleting = asyncio.ensure_future(self._store.outbox_done_upto(seq))
 
     async def flush(self) -> None:
         """Wait until delivered entries are deleted from the store."""
-        while self._deleting is not None and not self._deleting.done():
-            await asyncio.shield(self._deleting)
+        if self._deleting is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._deleting)
 
     async def _send_volatile(self, rpc: RpcEndpoint, message: _Volatile) -> None:
         try:
             result = await rpc.call(message.action, message.payload)
-        except ConnectionLost as exc:
-            message.future.set_exception(exc)
+        except (ConnectionLost, CallTimeout) as exc:
+            if not message.future.done():
+                message.future.set_exception(exc)
             raise
         except Exception as exc:
             if not message.future.done():
@@ -181,40 +190,64 @@ class Outbox:
         if not message.future.done():
             message.future.set_result(result)
 
-    async def _send_durable(
-        self,
-        rpc: RpcEndpoint,
-        entry: OutboxEntry,
-        prepare: Callable[[OutboxEntry], Awaitable[dict | None]],
-        delivered: Callable[[OutboxEntry, dict], Awaitable[None]],
-        policy: RetryPolicy,
-    ) -> float | None:
-        """None when the entry is finished with (delivered, or given up as the specification
-        allows); else the seconds to wait before it is tried again."""
-        payload = await prepare(entry)
-        if payload is None:
-            return None
+    async def _send_durable(self, rpc: RpcEndpoint, entry: OutboxEntry, render: Render,
+                            delivered: Delivered, final_refusal: FinalRefusal,
+                            policy: RetryPolicy) -> float | None:
+        """None when the entry is finished with (delivered, kept as a dead letter, or given
+        up as the specification allows); else the seconds to wait before trying again."""
         try:
-            result = await rpc.call(entry.action, payload, unique_id=entry.unique_id,
-                                    validated=True)
-        except CallTimeout:
-            # No answer is not a refusal: the link is presumed dead. The entry stays, keeps
-            # its id and its attempts, and goes again on the next connection.
-            log.warning("no answer to %s %s: dropping the link to try again on a new one",
-                        entry.action, entry.unique_id)
-            raise
-        except CallErrorReceived as exc:
-            await self._store.run(self._store.store.outbox_attempted, entry.seq)
-            attempts = entry.attempts + 1
-            if attempts >= policy.attempts():
-                # OCPP 1.6 4.10: after TransactionMessageAttempts the message is discarded.
-                log.error("the CSMS refused %s %s %d times (%s): discarded", entry.action,
+            messages = await render(entry)
+        except Undeliverable as exc:
+            await self._dead_letter(entry, str(exc))
+            return None
+        for message in messages:
+            try:
+                result = await rpc.call(message.action, message.payload,
+                                        unique_id=message_id(entry, message))
+            except CallTimeout:
+                # No answer is not a refusal: the link is presumed dead. The entry stays,
+                # keeps its id and its attempts, and goes again on the next connection.
+                log.warning("no answer to %s %s: dropping the link to try again on a new one",
+                            message.action, entry.unique_id)
+                raise
+            except CallErrorReceived as exc:
+                return await self._refused(entry, message, exc, final_refusal, policy)
+            except RpcError as exc:
+                # Our own message breaks the schema: a bug, never silently dropped.
+                log.critical("%s for record %s does not fit the OCPP schema: %s %s",
+                             message.action, entry.unique_id, exc, message.payload)
+                await self._dead_letter(entry, f"{message.action} does not fit the schema: "
+                                               f"{exc}")
+                return None
+            await delivered(entry, message, result)
+        return None
+
+    async def _refused(self, entry: OutboxEntry, message: Message, exc: CallErrorReceived,
+                       final_refusal: FinalRefusal, policy: RetryPolicy) -> float | None:
+        await self._store.outbox_attempted(entry.seq)
+        attempts = entry.attempts + 1
+        if attempts >= policy.attempts():
+            reason = final_refusal(entry, message)
+            if reason is None:
+                log.error("the CSMS refused %s %s %d times (%s): given up", message.action,
                           entry.unique_id, attempts, exc)
                 return None
-            wait = policy.interval() * attempts
-            log.warning("the CSMS refused %s %s (%s); attempt %d of %d in %.0f s",
-                        entry.action, entry.unique_id, exc, attempts + 1, policy.attempts(),
-                        wait)
-            return wait
-        await delivered(entry, result)
-        return None
+            await self._dead_letter(entry, f"{message.action} refused {attempts} times "
+                                           f"({exc.code}): {reason}")
+            return None
+        wait = policy.interval() * attempts
+        log.warning("the CSMS refused %s %s (%s); attempt %d of %d in %.0f s", message.action,
+                    entry.unique_id, exc, attempts + 1, policy.attempts(), wait)
+        return wait
+
+    async def _dead_letter(self, entry: OutboxEntry, reason: str) -> None:
+        log.error("keeping %s record %s of transaction %s as a dead letter: %s (deliver it "
+                  "later with `cpagent queue retry`)", entry.kind, entry.unique_id,
+                  entry.tx_ref, reason)
+        await self._store.dead_letter(entry.seq, reason)
+        self.dead_letters += 1
+
+    def requeued(self, entries: list[OutboxEntry]) -> None:
+        for entry in entries:
+            self.durable_added(entry)
+        self.dead_letters = 0

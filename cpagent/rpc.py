@@ -5,6 +5,12 @@ wait for is logged and dropped, never matched to another call. Calls from the CS
 validated against the official JSON schemas and answered with the proper CallError when they
 do not fit. Error codes are read tolerantly: the 1.6 spelling `FormationViolation` and the
 2.0.1 spelling `FormatViolation` occur in the field for the same thing.
+
+Nothing a peer sends may drop the link or grow memory: a frame nested deeper than any OCPP
+message is refused before it is parsed, an action name is looked up among the version's own
+actions before it can reach a schema file or a cache, non-finite and out-of-range numbers are
+refused, message ids longer than OCPP-J allows are never echoed, binary frames are not taken
+for text, and repeated complaints are logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -14,25 +20,37 @@ import contextlib
 import decimal
 import json
 import logging
+import math
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+import ocpp
 from jsonschema.exceptions import ValidationError as SchemaError
 from ocpp.messages import get_validator
 
+from cpagent.logs import RateLimited
+
 log = logging.getLogger(__name__)
+quiet = RateLimited(log, every=30.0)
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 _MESSAGE_TYPES = (CALL, CALLRESULT, CALLERROR)
+MAX_ID_LENGTH = 36  # OCPP-J: a message id holds at most 36 characters (a UUID)
+MAX_DEPTH = 24  # the deepest OCPP payload nests about 8 levels; nothing needs 24
+MAX_NUMBER = 2.0**53  # beyond this JSON numbers are not exact (I-JSON, RFC 7493)
+UNKNOWN_ID = "-1"  # the id to answer with when the call's own cannot be echoed
 
 # Canonical (2.0.1) spelling -> the spelling each version's specification uses on the wire.
 _WIRE_SPELLING = {
     "1.6": {
         "FormatViolation": "FormationViolation",
         "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+        "RpcFrameworkError": "ProtocolError",
+        "MessageTypeNotSupported": "NotImplemented",
     },
 }
 _CANONICAL = {
@@ -42,7 +60,24 @@ _CANONICAL = {
 # These 1.6 schemas carry decimals with a fixed precision that binary floats cannot meet.
 _DECIMAL_SCHEMAS = {("1.6", CALL, "SetChargingProfile"), ("1.6", CALL, "RemoteStartTransaction"),
                     ("1.6", CALLRESULT, "GetCompositeSchedule")}
-_ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,64})"')
+_ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"\s*,')
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _known_actions() -> dict[str, frozenset[str]]:
+    """Each version's actions, from the schemas the `ocpp` package ships."""
+    root = Path(ocpp.__file__).parent
+    known = {}
+    for version, folder, suffix in (("1.6", "v16", ""), ("2.0.1", "v201", "Request")):
+        names = {p.stem for p in (root / folder / "schemas").glob("*.json")}
+        known[version] = frozenset(
+            n[: len(n) - len(suffix)] if suffix else n for n in names
+            if not n.endswith("Response") and n.endswith(suffix))
+    return known
+
+
+KNOWN_ACTIONS = _known_actions()
 
 
 def canonical_error_code(code: object) -> str:
@@ -76,6 +111,14 @@ class ConnectionLost(Exception):
     pass
 
 
+class FrameRefused(ValueError):
+    """A frame that is not acceptable OCPP-J; `code` says which CallError fits."""
+
+    def __init__(self, code: str, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
 @dataclass(frozen=True, slots=True)
 class IncomingCall:
     unique_id: str
@@ -83,18 +126,66 @@ class IncomingCall:
     payload: dict
 
 
+def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+    """Whether brackets nest deeper than `limit`, outside strings (checked before parsing,
+    since the parser and everything after it recurse)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # cannot nest that deep: the common case costs two counts
+    depth = 0
+    for match in _BRACKETS.finditer(_STRINGS.sub("", text)):
+        if match.group() in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def _reject_constant(name: str) -> float:
+    raise FrameRefused("FormatViolation", f"{name} is not a JSON number")
+
+
+def parse_frame(text: str) -> object:
+    """JSON text to a value, refusing what OCPP-J cannot mean; FrameRefused says why."""
+    if too_deep(text):
+        raise FrameRefused("FormatViolation", f"nested deeper than {MAX_DEPTH} levels")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except FrameRefused:
+        raise
+    except (ValueError, RecursionError) as exc:
+        raise FrameRefused("FormatViolation", f"invalid JSON: {exc}") from None
+
+
+def check_numbers(value: object) -> None:
+    """Refuse numbers no OCPP field can hold: they would overflow or lose precision in
+    every later step (PropertyConstraintViolation names a value out of range)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, float | int) and not isinstance(item, bool) and (
+                (isinstance(item, float) and not math.isfinite(item))
+                or abs(item) > MAX_NUMBER):
+            raise RpcError("PropertyConstraintViolation", f"number {item!r:.40} is out of range")
+
+
 def validate(version: str, message_type: int, action: str, payload: dict) -> None:
     """Raise RpcError with the code OCPP-J gives for a payload that breaks its schema.
 
-    An action with no schema for this version raises NotImplemented.
+    An action this version does not have raises NotImplemented, before any schema is looked
+    for: the name comes from the peer and must not build a file path or a cache key.
     """
+    if action not in KNOWN_ACTIONS.get(version, ()):
+        raise RpcError("NotImplemented", f"unknown action {action[:40]!r}")
     as_decimal = (version, message_type, action) in _DECIMAL_SCHEMAS
-    try:
-        validator = get_validator(
-            message_type, action, version, parse_float=decimal.Decimal if as_decimal else float
-        )
-    except (OSError, ValueError):
-        raise RpcError("NotImplemented", f"unknown action {action!r}") from None
+    validator = get_validator(
+        message_type, action, version, parse_float=decimal.Decimal if as_decimal else float
+    )
     if as_decimal:
         payload = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
     error = next(iter(sorted(validator.iter_errors(payload), key=_depth)), None)
@@ -103,7 +194,8 @@ def validate(version: str, message_type: int, action: str, payload: dict) -> Non
     where = "/".join(str(p) for p in error.absolute_path) or "(payload)"
     detail = {"cause": f"{where}: {error.message}"[:500]}
     if error.validator == "required":
-        raise RpcError("ProtocolError", "payload incomplete", detail)
+        raise RpcError("ProtocolError" if version == "1.6" else "OccurrenceConstraintViolation",
+                       "payload incomplete", detail)
     if error.validator in ("type", "maxLength", "minLength"):
         raise RpcError("TypeConstraintViolation", "field of wrong type or size", detail)
     if error.validator in ("enum", "minimum", "maximum", "multipleOf", "pattern", "format"):
@@ -144,17 +236,16 @@ class RpcEndpoint:
         self._tasks: set[asyncio.Task] = set()
         self._closed = False
         self.dropped_answers = 0
+        self.refused_frames = 0
         self.last_exchange = time.monotonic()  # lets the heartbeat stay quiet on a busy link
 
     # ---- our calls ---------------------------------------------------------------------------
 
     async def call(
         self, action: str, payload: dict, *, unique_id: str | None = None,
-        timeout: float | None = None, validated: bool = False,
+        timeout: float | None = None,
     ) -> dict:
-        """`validated`: the payload was checked when it was queued (the replay path)."""
-        if not validated:
-            validate(self.version, CALL, action, payload)  # strict in what we send
+        validate(self.version, CALL, action, payload)  # strict in what we send
         async with self._lock:
             if self._closed:
                 raise ConnectionLost("connection closed")
@@ -175,42 +266,59 @@ class RpcEndpoint:
         if kind == CALLERROR:
             code, description, details = [*frame[2:5], "", "", {}][:3]
             raise CallErrorReceived(
-                canonical_error_code(code), str(description),
+                canonical_error_code(code), str(description)[:255],
                 details if isinstance(details, dict) else {},
             )
         result = frame[2]
         try:
+            check_numbers(result)
             validate(self.version, CALLRESULT, action, result)
         except RpcError as exc:
             # Tolerant in what we accept: the adapter reads the fields it needs defensively.
-            log.warning("%s answer does not fit the schema (%s); using it anyway", action, exc)
+            quiet.warning(f"answer-{action}", "%s answer does not fit the schema (%s); "
+                          "using it anyway", action, exc)
         return result
 
     # ---- what the connection delivers -------------------------------------------------------
 
     async def receive(self, text: str | bytes) -> None:
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", "replace")
         self.last_exchange = time.monotonic()
+        if isinstance(text, bytes):
+            # OCPP-J messages are text frames; a binary one is not read as one.
+            self.refused_frames += 1
+            quiet.warning("binary", "refusing a binary WebSocket frame (%d bytes): OCPP-J "
+                          "messages are text frames", len(text))
+            prefix = _ID_PREFIX.match(text[:80].decode("utf-8", "replace"))
+            if prefix:
+                await self._reply_error(prefix.group(1), "FormatViolation",
+                                        "binary frames are not OCPP-J messages")
+            return
         if self._on_frame:
             self._on_frame("in", text)
         try:
-            frame = json.loads(text)
-        except ValueError:
+            frame = parse_frame(text)
+        except FrameRefused as exc:
+            self.refused_frames += 1
+            quiet.warning("parse", "refusing a frame: %s: %.120s", exc, text)
             match = _ID_PREFIX.match(text)
-            log.warning("frame is not valid JSON: %.200s", text)
             if match:
-                await self._reply_error(match.group(1), "FormatViolation", "invalid JSON")
+                await self._reply_error(match.group(1), exc.code, str(exc))
             return
         if not isinstance(frame, list) or not frame or frame[0] not in _MESSAGE_TYPES:
-            log.warning("frame is not an OCPP-J message: %.200s", text)
-            if isinstance(frame, list) and len(frame) > 1 and isinstance(frame[1], str):
-                await self._reply_error(frame[1], "ProtocolError", "unknown message type")
+            self.refused_frames += 1
+            quiet.warning("type", "frame is not an OCPP-J message: %.120s", text)
+            if isinstance(frame, list) and len(frame) > 1 and self._echoable(frame[1]):
+                await self._reply_error(frame[1], "MessageTypeNotSupported",
+                                        "unknown message type")
             return
         if frame[0] == CALL:
-            self._handle_call_frame(frame)
+            await self._handle_call_frame(frame, text)
             return
         self._handle_answer(frame)
+
+    @staticmethod
+    def _echoable(unique_id: object) -> bool:
+        return isinstance(unique_id, str) and 0 < len(unique_id) <= MAX_ID_LENGTH
 
     def _handle_answer(self, frame: list) -> None:
         unique_id = frame[1] if len(frame) > 1 else None
@@ -219,27 +327,39 @@ class RpcEndpoint:
             or (frame[0] == CALLERROR and len(frame) >= 3)
         )
         if (
-            unique_id is None
+            not isinstance(unique_id, str)
             or unique_id != self._waiting_id
             or self._answer is None
             or self._answer.done()
         ):
             self.dropped_answers += 1
-            log.warning("dropping an answer to no call in flight (id %r)", unique_id)
+            quiet.warning("stray", "dropping an answer to no call in flight (id %.40r)",
+                          unique_id)
             return
         if not well_formed:
-            log.warning("malformed answer to %s: %.200s", self._waiting_action, frame)
+            quiet.warning("malformed-answer", "malformed answer to %s: %.120s",
+                          self._waiting_action, json.dumps(frame)[:120])
             frame = [CALLERROR, unique_id, "FormatViolation", "malformed answer", {}]
         self._answer.set_result((frame[0], frame))
 
-    def _handle_call_frame(self, frame: list) -> None:
-        if len(frame) != 4 or not isinstance(frame[1], str) or not isinstance(frame[2], str):
-            unique_id = frame[1] if len(frame) > 1 and isinstance(frame[1], str) else None
-            log.warning("malformed call: %.200s", frame)
-            if unique_id:
-                self._spawn(self._reply_error(unique_id, "FormatViolation", "malformed call"))
+    async def _handle_call_frame(self, frame: list, text: str) -> None:
+        unique_id = frame[1] if len(frame) > 1 else None
+        if not self._echoable(unique_id):
+            self.refused_frames += 1
+            shown = unique_id if not isinstance(unique_id, str) else f"{len(unique_id)} chars"
+            quiet.warning("bad-id", "refusing a call whose message id is not 1 to %d "
+                          "characters (%.40s)", MAX_ID_LENGTH, shown)
+            await self._reply_error(UNKNOWN_ID, "RpcFrameworkError",
+                                    f"message id must be a string of 1 to {MAX_ID_LENGTH} "
+                                    "characters")
             return
-        _, unique_id, action, payload = frame
+        assert isinstance(unique_id, str)
+        if len(frame) != 4 or not isinstance(frame[2], str):
+            self.refused_frames += 1
+            quiet.warning("malformed-call", "malformed call: %.120s", text)
+            await self._reply_error(unique_id, "FormatViolation", "malformed call")
+            return
+        _, _, action, payload = frame
         self._spawn(self._serve(IncomingCall(unique_id, action, payload)))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -258,6 +378,7 @@ class RpcEndpoint:
             if not isinstance(call.payload, dict):
                 raise RpcError("FormatViolation", "payload must be a JSON object")
             validate(self.version, CALL, call.action, call.payload)
+            check_numbers(call.payload)
             try:
                 result = await self._handler(call.action, call.payload)
             except NoReply as exc:
@@ -269,8 +390,8 @@ class RpcEndpoint:
                 log.error("our answer to %s breaks the schema: %s %s", call.action, exc, result)
                 raise RpcError("InternalError", "answer could not be built") from exc
         except RpcError as exc:
-            log.warning("answering %s %s with %s: %s", call.action, call.unique_id, exc.code,
-                        exc.details or exc.description)
+            quiet.warning(f"refused-{exc.code}", "answering %.40s %s with %s: %s", call.action,
+                          call.unique_id, exc.code, exc.details or exc.description)
             await self._reply_error(call.unique_id, exc.code, exc.description, exc.details)
             return
         except Exception:

@@ -5,6 +5,11 @@ not come back within the pong timeout aborts the TCP connection on the spot (no 
 handshake, which a vanished peer would never answer) and a new connection is made with
 exponential backoff and jitter. The peer's choice of subprotocol is read from the handshake;
 a server that agrees to none of ours gets no OCPP session.
+
+`last_error` says why the link is not up: it is cleared when a connection is made and set by
+every failure, including a CSMS that never answers the BootNotification or closes the link.
+Frames larger than `max_frame_bytes` make the WebSocket layer close the connection with code
+1009 (RFC 6455), since holding them would let a peer exhaust the memory of a small board.
 """
 
 from __future__ import annotations
@@ -24,9 +29,9 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
-log = logging.getLogger(__name__)
+from cpagent.protocols import SUBPROTOCOLS
 
-SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +46,7 @@ class TransportSettings:
     pong_timeout: float = 10.0
     open_timeout: float = 15.0
     stable_after: float = 30.0  # a link that lived this long resets the backoff
+    max_frame_bytes: int = 1024 * 1024
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -74,6 +80,7 @@ class Transport:
         self.last_error: str | None = None
         self.connected_since: float | None = None
         self.connect_count = 0
+        self._closing = False
 
     # ---- the simulated outage of `cpagent sim network down|up` ---------------------------------
 
@@ -91,6 +98,19 @@ class Transport:
             log.warning("dropping the CSMS link: %s", why)
             self.last_error = why
             connection.transport.abort()
+
+    def note(self, problem: str | None) -> None:
+        """What the session learnt of the link (a boot never answered, refused, ...)."""
+        self.last_error = problem
+
+    async def close(self, why: str) -> None:
+        """A clean goodbye: close code 1000 (normal closure), no reconnect after it."""
+        self._closing = True
+        self._network_up.clear()
+        connection = self._connection
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(code=1000, reason=why[:100]), 3.0)
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -126,10 +146,11 @@ class Transport:
                     open_timeout=self.settings.open_timeout,
                     ping_interval=None,  # our own keepalive below aborts a dead link at once
                     close_timeout=5,
-                    max_size=4 * 1024 * 1024,
+                    max_size=self.settings.max_frame_bytes,
                     user_agent_header=None,
                 ) as connection:
                     agreed = connection.subprotocol
+                    self.last_error = None  # a good connection: nothing stands in the way
                     if agreed not in by_subprotocol:
                         self.last_error = (
                             f"the CSMS agreed to no OCPP subprotocol (offered "
@@ -138,6 +159,11 @@ class Transport:
                         log.error("%s", self.last_error)
                     else:
                         await self._live(connection, by_subprotocol[agreed])
+                        code = connection.close_code
+                        if code is not None and not self._closing and self.last_error is None:
+                            reason = connection.close_reason
+                            self.last_error = (f"the CSMS closed the link (code {code}"
+                                               + (f": {reason})" if reason else ")"))
             except asyncio.CancelledError:
                 raise
             except websockets.InvalidStatus as exc:

@@ -14,6 +14,7 @@ from cpagent.agent import Agent
 from cpagent.clock import Clock
 from cpagent.config import Config, parse_config
 from cpagent.devcsms import DevCsms
+from cpagent.ocpp16.vocabulary import STATUS
 from hal.mock import MockStation
 
 
@@ -68,9 +69,10 @@ class RunningAgent:
         return await self.start()
 
     async def status(self, connector_id: int = 1) -> str:
+        """The connector's status in 1.6 words (the detailed ones)."""
         assert self.agent is not None
         status = await self.agent.ask(lambda core, now: core.status(connector_id))
-        return status[0].value
+        return STATUS[status[0]]
 
     async def go_offline(self) -> None:
         """Cut the link (as `cpagent sim network down`) and wait until the core knows."""
@@ -82,12 +84,18 @@ class RunningAgent:
 
     async def settle(self) -> None:
         """Wait until the core has handled everything submitted so far, including what the
-        devices reported while it carried out its own actions (a pilot answering a PWM)."""
+        devices reported while it carried out its own actions (a pilot answering a PWM), and
+        the devices have done what they were told."""
         agent = self.agent
         assert agent is not None
-        # Judged inside the worker: nothing else was waiting when this input came up.
-        while not await agent.ask(lambda core, now: agent._inputs.empty()):
-            pass
+        while True:
+            # Judged inside the worker: nothing else was waiting when this input came up.
+            while not await agent.ask(lambda core, now: agent._inputs.empty()):
+                pass
+            await agent.lanes.idle()
+            await asyncio.sleep(0)
+            if agent._inputs.empty():
+                return
 
 
 async def booted(csms: DevCsms, identity: str = "CP-TEST", connectors: int = 1) -> None:

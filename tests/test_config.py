@@ -116,7 +116,7 @@ def test_defaults(tmp_path):
     assert config.csms == CsmsSettings(
         url="ws://csms.local/ocpp", ocpp_version="1.6", password=None, ca_file=None,
         call_timeout=30.0, reconnect_initial=1.0, reconnect_max=60.0, ping_interval=30,
-        pong_timeout=10.0, identity="CP-1",
+        pong_timeout=10.0, max_frame_kb=1024, identity="CP-1",
     )
     assert config.station == StationSettings(
         connectors=1, data_dir=Path("/var/lib/cpagent"), max_current=32.0, phases=3,
@@ -280,11 +280,14 @@ def test_error_messages_exact(tmp_path):
     ]
 
 
-def test_ocpp_201_not_supported_yet(tmp_path):
-    [error] = errors_of(tmp_path, text_with(csms={"ocpp_version": '"2.0.1"'}))
+def test_ocpp_versions(tmp_path):
+    for version in ("1.6", "2.0.1", "auto"):
+        config = load_config(write(tmp_path, text_with(csms={"ocpp_version": f'"{version}"'})))
+        assert config.csms.ocpp_version == version
+    [error] = errors_of(tmp_path, text_with(csms={"ocpp_version": '"2.1"'}))
     assert error == (
-        "csms.ocpp_version: OCPP 2.0.1 is not supported yet by this build; "
-        "must be one of '1.6' (got '2.0.1')"
+        "csms.ocpp_version: OCPP 2.1 is not supported yet by this build; "
+        "must be one of '1.6', '2.0.1', 'auto' (got '2.1')"
     )
 
 

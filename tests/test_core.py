@@ -3,9 +3,13 @@
 Every call goes through `Rig`, which drains the actions, replays them on a model of the
 hardware and checks the safety rules on every step: a transaction is recorded before any
 current is offered, the contactor closes only for a running, authorized session whose vehicle
-asks for power while current is offered, and it is open before (or with) every stop. The
-simulated vehicle follows the pilot: it asks for power (C) when current is offered and stops
-asking (B) when the offer is withdrawn.
+asks for power while current is offered, it is open before (or with) every end, and each
+transaction's events carry sequence numbers 0, 1, 2 ... without a gap. The simulated vehicle
+follows the pilot: it asks for power (C) when current is offered and stops asking (B) when the
+offer is withdrawn.
+
+These tests run the core with the 1.6 start and stop points (the defaults); the 2.0.1 ones
+are in test_core_points.py.
 """
 
 from __future__ import annotations
@@ -14,28 +18,34 @@ import math
 
 import pytest
 
-from cpagent.core.model import (
+from cpagent.core.actions import (
     Action,
     AuthCacheUpdated,
-    AuthStatus,
-    Availability,
     AvailabilityChanged,
-    ConnectorStatus,
-    CoreSettings,
-    IdTagInfo,
     MeterValuesReport,
-    ReadingContext,
     RequestAuthorization,
     ResetNow,
-    Sample,
     SetContactor,
     SetCurrentLimit,
     StatusChanged,
+    TransactionEvent,
+    TxEventKind,
+    UnlockConnector,
+)
+from cpagent.core.model import (
+    AuthInfo,
+    AuthStatus,
+    Availability,
+    ChargingState,
+    ConnectorStatus,
+    CoreSettings,
+    IdToken,
+    ReadingContext,
+    Sample,
     StopReason,
     Transaction,
-    TransactionStarted,
-    TransactionStopped,
-    UnlockConnector,
+    Trigger,
+    TxPoint,
 )
 from cpagent.core.station import ChargingStation
 from hal.interfaces import Fault, MeterReading, PilotState
@@ -43,21 +53,32 @@ from hal.interfaces import Fault, MeterReading, PilotState
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z, not on a 900 s boundary
 A, B, C, D, E, F = (PilotState(s) for s in "ABCDEF")
 St = ConnectorStatus
-ACCEPTED = IdTagInfo(AuthStatus.ACCEPTED)
+ACCEPTED = AuthInfo(AuthStatus.ACCEPTED)
+STARTED, UPDATED, ENDED = TxEventKind.STARTED, TxEventKind.UPDATED, TxEventKind.ENDED
+
+
+def tok(value: str) -> IdToken:
+    return IdToken(value)
+
+
+def info(status: AuthStatus = AuthStatus.ACCEPTED, group: str | None = None,
+         expiry: float | None = None) -> AuthInfo:
+    return AuthInfo(status, tok(group) if group else None, expiry)
 
 
 class Rig:
     """A ChargingStation, a fake clock, vehicles that follow the pilot, and a safety check."""
 
-    def __init__(self, connectors: int = 1, *, online: bool = True, ev_follows: bool = True,
+    def __init__(self, evses: int = 1, *, online: bool = True, ev_follows: bool = True,
                  station: ChargingStation | None = None, **settings) -> None:
-        self.cs = station or ChargingStation(connectors, CoreSettings(**settings))
+        self.cs = station or ChargingStation(evses, CoreSettings(**settings))
         self.now = T0
         self.ev_follows = ev_follows
         self.log: list[Action] = []
-        self._closed = {c: False for c in self.cs.connectors}
-        self._amps = {c: 0.0 for c in self.cs.connectors}
-        self._open_tx: dict[int, Transaction] = {}
+        self._closed = {e: False for e in self.cs.evses}
+        self._amps = {e: 0.0 for e in self.cs.evses}
+        self._open_tx: dict[int, str] = {}
+        self._seq: dict[str, int] = {}
         if online:
             self.cs.connection_changed(True, self.now)
             assert self.take() == []
@@ -73,14 +94,14 @@ class Rig:
         actions = self.cs.drain()
         self._replay(actions)
         if self.ev_follows:
-            for c, amps in {a.connector_id: a.amps for a in actions
+            for e, amps in {a.evse_id: a.amps for a in actions
                             if isinstance(a, SetCurrentLimit)}.items():
-                pilot = self.cs.connector(c).pilot
+                pilot = self.cs.evse(e).pilot
                 if amps > 0 and pilot is B:
-                    self.cs.pilot_changed(c, C, self.now)
+                    self.cs.pilot_changed(e, C, self.now)
                     actions += self.take()
                 elif amps == 0 and pilot.wants_power:
-                    self.cs.pilot_changed(c, B, self.now)
+                    self.cs.pilot_changed(e, B, self.now)
                     actions += self.take()
         return actions
 
@@ -88,60 +109,71 @@ class Rig:
         self.log += actions
         for a in actions:
             match a:
-                case TransactionStarted(transaction=tx):
-                    assert tx.connector_id not in self._open_tx, "two sessions on one connector"
-                    assert not self._closed[tx.connector_id]
-                    self._open_tx[tx.connector_id] = tx
-                case TransactionStopped(transaction=tx):
-                    if self._open_tx.get(tx.connector_id) is tx:
-                        assert not self._closed[tx.connector_id], "stopped with contactor closed"
-                        del self._open_tx[tx.connector_id]
-                case SetCurrentLimit(connector_id=c, amps=amps):
-                    assert amps == 0 or c in self._open_tx, "current offered without a session"
-                    assert amps > 0 or not self._closed[c], "offer withdrawn before opening"
-                    self._amps[c] = amps
-                case SetContactor(connector_id=c, closed=closed):
+                case TransactionEvent(kind=TxEventKind.STARTED):
+                    assert a.evse_id not in self._open_tx, "two sessions on one EVSE"
+                    assert not self._closed[a.evse_id]
+                    assert a.seq == 0
+                    self._open_tx[a.evse_id] = a.ref
+                    self._seq[a.ref] = 0
+                case TransactionEvent():
+                    if a.ref in self._seq:
+                        assert a.seq == self._seq[a.ref] + 1, "a gap in the sequence"
+                    self._seq[a.ref] = a.seq
+                    if a.kind is ENDED and self._open_tx.get(a.evse_id) == a.ref:
+                        assert not self._closed[a.evse_id], "ended with contactor closed"
+                        del self._open_tx[a.evse_id]
+                case SetCurrentLimit(evse_id=e, amps=amps):
+                    # A session that begins with the energy is offered current first; no
+                    # energy flows before the contactor closes, after the start.
+                    pending = self.cs.evse(e).pending
+                    energy_start = self.cs.settings.start_points == {TxPoint.ENERGY_TRANSFER} \
+                        and pending is not None and pending.authorized
+                    assert amps == 0 or e in self._open_tx or energy_start, \
+                        "current offered without a session"
+                    assert amps > 0 or not self._closed[e], "offer withdrawn before opening"
+                    self._amps[e] = amps
+                case SetContactor(evse_id=e, closed=closed):
                     if closed:
-                        tx = self._open_tx.get(c)
-                        assert tx is not None, "contactor closed without a transaction"
-                        assert not tx.suspended_by_csms
-                        assert self.cs.connector(c).pilot.wants_power
-                        assert self._amps[c] > 0
-                    self._closed[c] = closed
-        for c, conn in self.cs.connectors.items():
-            assert conn.contactor_closed == self._closed[c]
-            assert conn.offered_amps == self._amps[c]
-            assert (c in self._open_tx) == (conn.transaction is not None)
+                        tx = self.cs.evse(e).transaction
+                        assert e in self._open_tx and tx is not None, "closed without a session"
+                        assert tx.authorized and not tx.suspended_by_csms
+                        assert self.cs.evse(e).pilot.wants_power
+                        assert self._amps[e] > 0
+                    self._closed[e] = closed
+        for e, evse in self.cs.evses.items():
+            assert evse.contactor_closed == self._closed[e]
+            assert evse.offered_amps == self._amps[e]
+            assert (e in self._open_tx) == (evse.transaction is not None)
 
     # ---- what happens at the charger -------------------------------------------------------
 
-    def pilot(self, state: PilotState, c: int = 1) -> list[Action]:
-        self.cs.pilot_changed(c, state, self.now)
+    def pilot(self, state: PilotState, e: int = 1) -> list[Action]:
+        self.cs.pilot_changed(e, state, self.now)
         return self.take()
 
-    def plug(self, c: int = 1) -> list[Action]:
-        return self.pilot(B, c)
+    def plug(self, e: int = 1) -> list[Action]:
+        return self.pilot(B, e)
 
-    def unplug(self, c: int = 1) -> list[Action]:
-        return self.pilot(A, c)
+    def unplug(self, e: int = 1) -> list[Action]:
+        return self.pilot(A, e)
 
-    def card(self, tag: str, c: int | None = None) -> list[Action]:
-        self.cs.card_presented(tag, c, self.now)
+    def card(self, tag: str, e: int | None = None) -> list[Action]:
+        self.cs.card_presented(tok(tag), e, self.now)
         return self.take()
 
     def answer(self, tag: str, status: AuthStatus | None = AuthStatus.ACCEPTED,
                parent: str | None = None, expiry: float | None = None) -> list[Action]:
-        info = None if status is None else IdTagInfo(status, parent, expiry)
-        self.cs.authorization_result(tag, info, self.now)
+        verdict = None if status is None else info(status, parent, expiry)
+        self.cs.authorization_result(tok(tag), verdict, self.now)
         return self.take()
 
     def learn(self, tag: str, status: AuthStatus = AuthStatus.ACCEPTED,
               parent: str | None = None, expiry: float | None = None) -> list[Action]:
-        self.cs.id_tag_info_received(tag, IdTagInfo(status, parent, expiry), self.now)
+        self.cs.token_info_received(tok(tag), info(status, parent, expiry), self.now)
         return self.take()
 
-    def meter(self, wh: float, c: int = 1) -> None:
-        self.cs.meter_sample(c, MeterReading(energy_wh=wh))
+    def meter(self, wh: float, e: int = 1) -> None:
+        self.cs.meter_sample(e, MeterReading(energy_wh=wh))
         assert self.cs.drain() == []
 
     def tick(self) -> list[Action]:
@@ -152,56 +184,72 @@ class Rig:
         self.cs.connection_changed(False, self.now)
         return self.take()
 
-    def confirm(self, local_id: int, csms_id: int,
-                status: AuthStatus = AuthStatus.ACCEPTED, parent: str | None = None):
-        self.cs.transaction_confirmed(local_id, csms_id, IdTagInfo(status, parent), self.now)
+    def confirm(self, ref: str, status: AuthStatus = AuthStatus.ACCEPTED,
+                parent: str | None = None) -> list[Action]:
+        self.cs.transaction_authorization(ref, info(status, parent), self.now)
         return self.take()
 
-    def call(self, method: str, *args):
-        """Any other command: `rig.call("unlock", 1)` passes the rig's clock last."""
-        result = getattr(self.cs, method)(*args, self.now)
+    def call(self, method: str, *args, **kwargs):
+        """Any other command: `rig.call("unlock", 1)` passes the rig's clock after the args."""
+        result = getattr(self.cs, method)(*args, self.now, **kwargs)
         return result, self.take()
 
     # ---- a whole start ---------------------------------------------------------------------
 
-    def charging(self, tag: str = "CARD1", c: int = 1, parent: str | None = None) -> Transaction:
+    def charging(self, tag: str = "CARD1", e: int = 1, parent: str | None = None) -> Transaction:
         """Plug, tap, accept: a session that is charging now."""
-        self.plug(c)
-        assert self.card(tag, c) == [RequestAuthorization(tag)]
+        self.plug(e)
+        assert self.card(tag, e) == [RequestAuthorization(tok(tag))]
         self.answer(tag, parent=parent)
-        assert self.cs.status(c)[0] is St.CHARGING
-        tx = self.cs.connector(c).transaction
+        assert self.cs.status(e)[0] is St.CHARGING
+        tx = self.cs.evse(e).transaction
         assert tx is not None
         return tx
 
-    def status_changed(self, status: ConnectorStatus, c: int = 1, fault: Fault | None = None,
-                       info: str = "") -> StatusChanged:
-        return StatusChanged(c, status, fault, info, self.now)
+    def status_changed(self, status: ConnectorStatus, e: int = 1, fault: Fault | None = None,
+                       info: str = "", vehicle: bool | None = None) -> StatusChanged:
+        present = self.cs.evse(e).pilot.vehicle_present if vehicle is None and e else \
+            bool(vehicle)
+        return StatusChanged(e, 0 if e == 0 else 1, status, fault, info, self.now, present)
 
 
 def of(kind: type, actions: list[Action]) -> list:
     return [a for a in actions if isinstance(a, kind)]
 
 
-def kinds(actions: list[Action]) -> list[type]:
-    return [type(a) for a in actions]
+def kinds(actions: list[Action]) -> list:
+    """Types of the actions, transaction events as (kind, trigger)."""
+    return [(a.kind, a.trigger) if isinstance(a, TransactionEvent) else type(a) for a in actions]
 
 
-def statuses(actions: list[Action], c: int = 1) -> list[ConnectorStatus]:
-    return [a.status for a in of(StatusChanged, actions) if a.connector_id == c]
+def shape(actions: list[Action]) -> list:
+    """The actions, transaction events as (kind, trigger) so lists compare readably."""
+    return [(a.kind, a.trigger) if isinstance(a, TransactionEvent) else a for a in actions]
 
 
-def only_stop(actions: list[Action]) -> TransactionStopped:
-    stops = of(TransactionStopped, actions)
-    assert len(stops) == 1, stops
-    return stops[0]
+def statuses(actions: list[Action], e: int = 1) -> list[ConnectorStatus]:
+    return [a.status for a in of(StatusChanged, actions) if a.evse_id == e]
 
 
-POWER_OFF_THEN_STOP = [SetContactor, SetCurrentLimit, TransactionStopped]
+def events(actions: list[Action], kind: TxEventKind | None = None) -> list[TransactionEvent]:
+    return [a for a in of(TransactionEvent, actions) if kind is None or a.kind is kind]
 
 
-def power_off(c: int = 1) -> list[Action]:
-    return [SetContactor(c, False), SetCurrentLimit(c, 0.0)]
+def only_end(actions: list[Action]) -> TransactionEvent:
+    ends = events(actions, ENDED)
+    assert len(ends) == 1, ends
+    return ends[0]
+
+
+def ended(e: TransactionEvent) -> tuple:
+    return e.reason, e.timestamp, e.meter_stop_wh, e.stopped_by
+
+
+STATE = (UPDATED, Trigger.CHARGING_STATE_CHANGED)
+
+
+def power_off(e: int = 1) -> list[Action]:
+    return [SetContactor(e, False), SetCurrentLimit(e, 0.0)]
 
 
 # ---- starting a session ------------------------------------------------------------------
@@ -213,54 +261,65 @@ def test_plug_then_card_online():
     rig.meter(1200.0)
     assert rig.plug() == [rig.status_changed(St.PREPARING)]
     rig.later(3)
-    assert rig.card("CARD1") == [RequestAuthorization("CARD1")]
+    assert rig.card("CARD1") == [RequestAuthorization(tok("CARD1"))]
     rig.later(1)
     actions = rig.answer("CARD1")
-    tx = rig.cs.connector(1).transaction
-    assert actions == [
-        AuthCacheUpdated("CARD1", ACCEPTED),
-        TransactionStarted(tx),
+    tx = rig.cs.evse(1).transaction
+    assert shape(actions) == [
+        AuthCacheUpdated(tok("CARD1"), ACCEPTED),
+        (STARTED, Trigger.AUTHORIZED),
         SetCurrentLimit(1, 32.0),
         rig.status_changed(St.SUSPENDED_EV),  # until the vehicle reacts to the offer
         SetContactor(1, True),
+        STATE,
         rig.status_changed(St.CHARGING),
     ]
-    assert (tx.local_id, tx.connector_id, tx.id_tag, tx.started_at, tx.meter_start_wh) == (
-        1, 1, "CARD1", T0 + 4, 1200.0)
-    assert tx.csms_id is None and tx.remote_start is False and tx.parent_id_tag is None
-    assert rig.cs.connector(1).pilot is C
+    start, charging = events(actions)
+    assert (start.ref, start.seq, start.evse_id, start.connector_id, start.token,
+            start.started_at, start.meter_start_wh, start.authorized_now) == (
+        tx.ref, 0, 1, 1, tok("CARD1"), T0 + 4, 1200.0, True)
+    assert start.charging_state is ChargingState.SUSPENDED_EV
+    assert [s.context for s in start.samples] == [ReadingContext.TRANSACTION_BEGIN]
+    assert (charging.seq, charging.charging_state) == (1, ChargingState.CHARGING)
+    assert tx.remote_start_id is None and tx.group is None
+    assert rig.cs.evse(1).pilot is C
 
 
 def test_card_then_plug_online():
     rig = Rig()
-    assert rig.card("CARD1") == [RequestAuthorization("CARD1"), rig.status_changed(St.PREPARING)]
+    assert rig.card("CARD1") == [RequestAuthorization(tok("CARD1")),
+                                 rig.status_changed(St.PREPARING)]
     rig.later(2)
     # Accepted, but no car yet: nothing to start, nothing to offer.
     assert rig.answer("CARD1", parent="GROUP") == [
-        AuthCacheUpdated("CARD1", IdTagInfo(AuthStatus.ACCEPTED, "GROUP"))]
+        AuthCacheUpdated(tok("CARD1"), AuthInfo(AuthStatus.ACCEPTED, tok("GROUP")))]
     assert rig.cs.transactions() == []
     rig.later(10)
     actions = rig.plug()
-    tx = rig.cs.connector(1).transaction
-    assert actions == [
-        TransactionStarted(tx),
+    tx = rig.cs.evse(1).transaction
+    assert shape(actions) == [
+        (STARTED, Trigger.CABLE_PLUGGED_IN),
         SetCurrentLimit(1, 32.0),
         rig.status_changed(St.SUSPENDED_EV),
         SetContactor(1, True),
+        STATE,
         rig.status_changed(St.CHARGING),
     ]
-    assert (tx.id_tag, tx.parent_id_tag, tx.started_at) == ("CARD1", "GROUP", T0 + 12)
+    assert (tx.token, tx.group, tx.started_at) == (tok("CARD1"), tok("GROUP"), T0 + 12)
+    assert events(actions)[0].authorized_now is True
 
 
 def test_vehicle_already_asking_for_power_closes_right_after_the_start():
     rig = Rig(ev_follows=False)
     rig.pilot(C)  # a car that goes straight to C: no current is offered, nothing closes
-    assert rig.cs.connector(1).contactor_closed is False
+    assert rig.cs.evse(1).contactor_closed is False
     rig.card("CARD1")
     actions = rig.answer("CARD1")
-    assert kinds(actions) == [AuthCacheUpdated, TransactionStarted, SetCurrentLimit, SetContactor,
-                              StatusChanged]
+    assert kinds(actions) == [AuthCacheUpdated, (STARTED, Trigger.AUTHORIZED), SetCurrentLimit,
+                              SetContactor, StatusChanged]
     assert actions[-2:] == [SetContactor(1, True), rig.status_changed(St.CHARGING)]
+    # The start already says it charges: no second event for it.
+    assert events(actions)[0].charging_state is ChargingState.CHARGING
 
 
 def test_no_contactor_without_a_session():
@@ -272,7 +331,7 @@ def test_no_contactor_without_a_session():
     # A rejected card does not change that.
     rig.card("BAD")
     assert rig.answer("BAD", AuthStatus.BLOCKED) == [
-        AuthCacheUpdated("BAD", IdTagInfo(AuthStatus.BLOCKED))]
+        AuthCacheUpdated(tok("BAD"), AuthInfo(AuthStatus.BLOCKED))]
     assert not of(SetContactor, rig.log) and not of(SetCurrentLimit, rig.log)
 
 
@@ -280,7 +339,7 @@ def test_rejected_card_leaves_connector_free():
     rig = Rig()
     rig.card("BAD")
     assert rig.answer("BAD", AuthStatus.INVALID) == [
-        AuthCacheUpdated("BAD", IdTagInfo(AuthStatus.INVALID)),
+        AuthCacheUpdated(tok("BAD"), AuthInfo(AuthStatus.INVALID)),
         rig.status_changed(St.AVAILABLE),
     ]
     assert rig.plug() == [rig.status_changed(St.PREPARING)]
@@ -291,18 +350,24 @@ def test_full_status_sequence():
     assert rig.cs.status(1)[0] is St.AVAILABLE
     rig.charging()
     rig.later(60)
-    assert rig.pilot(B) == [SetContactor(1, False), rig.status_changed(St.SUSPENDED_EV)]
+    assert shape(rig.pilot(B)) == [SetContactor(1, False), STATE,
+                                   rig.status_changed(St.SUSPENDED_EV)]
     rig.later(60)
-    assert rig.pilot(C) == [SetContactor(1, True), rig.status_changed(St.CHARGING)]
+    assert shape(rig.pilot(C)) == [SetContactor(1, True), STATE,
+                                   rig.status_changed(St.CHARGING)]
     rig.later(60)
     stop = rig.card("CARD1")
-    assert kinds(stop) == [*POWER_OFF_THEN_STOP, StatusChanged]
+    assert kinds(stop) == [SetContactor, SetCurrentLimit, (ENDED, Trigger.STOP_AUTHORIZED),
+                           StatusChanged]
     assert stop[-1] == rig.status_changed(St.FINISHING)
-    assert rig.cs.connector(1).pilot is B  # the vehicle saw the offer withdrawn
+    assert rig.cs.evse(1).pilot is B  # the vehicle saw the offer withdrawn
     rig.later(30)
-    assert rig.unplug() == [UnlockConnector(1), rig.status_changed(St.AVAILABLE)]
+    assert rig.unplug() == [UnlockConnector(1, 1), rig.status_changed(St.AVAILABLE)]
     assert statuses(rig.log) == [St.PREPARING, St.SUSPENDED_EV, St.CHARGING, St.SUSPENDED_EV,
                                  St.CHARGING, St.FINISHING, St.AVAILABLE]
+    assert [e.charging_state for e in events(rig.log)] == [
+        ChargingState.SUSPENDED_EV, ChargingState.CHARGING, ChargingState.SUSPENDED_EV,
+        ChargingState.CHARGING, ChargingState.EV_CONNECTED]
 
 
 def test_suspended_evse_when_no_current_is_offered():
@@ -310,49 +375,55 @@ def test_suspended_evse_when_no_current_is_offered():
     rig.plug()
     rig.card("CARD1")
     actions = rig.answer("CARD1")
-    assert kinds(actions) == [AuthCacheUpdated, TransactionStarted, StatusChanged]
+    assert kinds(actions) == [AuthCacheUpdated, (STARTED, Trigger.AUTHORIZED), StatusChanged]
     assert actions[-1] == rig.status_changed(St.SUSPENDED_EVSE)
+    assert events(actions)[0].charging_state is ChargingState.SUSPENDED_EVSE
     # Even a vehicle asking for power gets no contactor while nothing is offered.
     assert rig.pilot(C) == []
     assert rig.cs.status(1)[0] is St.SUSPENDED_EVSE
 
 
-def test_card_goes_to_the_connector_where_a_car_waits():
+def test_card_goes_to_the_evse_where_a_car_waits():
     rig = Rig(2)
     rig.plug(2)
     rig.card("CARD1")
     rig.answer("CARD1")
-    assert rig.cs.connector(2).transaction is not None
-    assert rig.cs.connector(1).transaction is None
+    assert rig.cs.evse(2).transaction is not None
+    assert rig.cs.evse(1).transaction is None
     assert rig.cs.status(1)[0] is St.AVAILABLE
 
 
-def test_same_card_twice_while_waiting_for_the_car_reserves_one_connector():
+def test_same_card_twice_while_waiting_for_the_car_reserves_one_evse():
     rig = Rig(2)
-    assert rig.card("CARD1") == [RequestAuthorization("CARD1"), rig.status_changed(St.PREPARING)]
+    assert rig.card("CARD1") == [RequestAuthorization(tok("CARD1")),
+                                 rig.status_changed(St.PREPARING)]
     assert rig.card("CARD1") == []
-    assert rig.cs.connector(2).pending is None
+    assert rig.card("card1") == []  # identifiers match ignoring case
+    assert rig.cs.evse(2).pending is None
     rig.answer("CARD1")
     rig.plug(1)
-    assert rig.cs.connector(1).transaction.id_tag == "CARD1"
+    assert rig.cs.evse(1).transaction.token == tok("CARD1")
     assert rig.cs.status(2)[0] is St.AVAILABLE
 
 
-def test_transaction_ids_count_up_and_can_be_found():
+def test_transaction_references_are_distinct_and_can_be_found():
     rig = Rig(2)
     tx1 = rig.charging("A", 1)
     tx2 = rig.charging("B", 2)
-    assert (tx1.local_id, tx2.local_id) == (1, 2)
-    rig.confirm(2, 502)
-    assert rig.cs.find_transaction(local_id=1) is tx1
-    assert rig.cs.find_transaction(csms_id=502) is tx2
-    assert rig.cs.find_transaction(csms_id=999) is None
+    assert tx1.ref != tx2.ref
+    assert rig.cs.find_transaction(tx1.ref) is tx1
+    assert rig.cs.find_transaction(tx2.ref) is tx2
+    assert rig.cs.find_transaction("no-such") is None
     assert rig.cs.transactions() == [tx1, tx2]
 
 
-def test_first_transaction_id_comes_from_the_store():
-    rig = Rig(station=ChargingStation(1, CoreSettings(), next_transaction_id=41))
-    assert rig.charging().local_id == 41
+def test_references_come_from_the_shell():
+    refs = iter(["6f1c-first", "6f1c-second"])
+    rig = Rig(station=ChargingStation(1, CoreSettings(), new_ref=lambda: next(refs)))
+    assert rig.charging().ref == "6f1c-first"
+    rig.card("CARD1")
+    rig.unplug()
+    assert rig.charging().ref == "6f1c-second"
 
 
 # ---- stopping a session ------------------------------------------------------------------
@@ -364,9 +435,11 @@ def test_stop_by_the_same_card():
     tx = rig.charging()
     rig.meter(2600.0)
     rig.later(3600)
-    actions = rig.card("CARD1")
-    assert actions[:3] == [*power_off(), TransactionStopped(tx, StopReason.LOCAL, T0 + 3600,
-                                                            2600.0, "CARD1")]
+    actions = rig.card("card1")  # the same card, read in another case
+    assert shape(actions)[:3] == [*power_off(), (ENDED, Trigger.STOP_AUTHORIZED)]
+    end = events(actions)[0]
+    assert ended(end) == (StopReason.LOCAL, T0 + 3600, 2600.0, tok("card1"))
+    assert end.ref == tx.ref and end.meter_start_wh == 100.0
     assert actions[3] == rig.status_changed(St.FINISHING)
     assert rig.cs.transactions() == []
     assert not of(RequestAuthorization, actions)
@@ -375,7 +448,7 @@ def test_stop_by_the_same_card():
 def test_another_card_does_not_stop_a_session_without_a_group():
     rig = Rig()
     rig.charging("CARD1")
-    assert rig.card("OTHER") == []  # no free connector, no group to ask about
+    assert rig.card("OTHER") == []  # no free EVSE, no group to ask about
     assert rig.cs.status(1)[0] is St.CHARGING
 
 
@@ -386,55 +459,56 @@ def test_stop_by_unplug():
     rig.meter(510.0)
     rig.later(100)
     actions = rig.unplug()
-    assert actions == [
+    assert shape(actions) == [
         *power_off(),
-        TransactionStopped(tx, StopReason.EV_DISCONNECTED, T0 + 100, 510.0, None),
-        UnlockConnector(1),
+        (ENDED, Trigger.EV_COMMUNICATION_LOST),
+        UnlockConnector(1, 1),
         rig.status_changed(St.AVAILABLE),
     ]
+    end = events(actions)[0]
+    assert ended(end) == (StopReason.EV_DISCONNECTED, T0 + 100, 510.0, None)
+    assert (end.ref, end.charging_state) == (tx.ref, ChargingState.IDLE)
 
 
 def test_unplug_without_unlock_on_disconnect():
     rig = Rig(unlock_on_ev_disconnect=False)
     rig.charging()
     actions = rig.unplug()
-    assert kinds(actions) == [*POWER_OFF_THEN_STOP, StatusChanged]
+    assert kinds(actions) == [SetContactor, SetCurrentLimit,
+                              (ENDED, Trigger.EV_COMMUNICATION_LOST), StatusChanged]
 
 
 def test_unplug_keeps_the_session_when_stop_on_ev_disconnect_is_off():
     rig = Rig(stop_on_ev_disconnect=False)
     tx = rig.charging()
     actions = rig.unplug()
-    assert actions == [*power_off(), UnlockConnector(1), rig.status_changed(St.SUSPENDED_EVSE)]
-    assert rig.cs.connector(1).transaction is tx
+    assert shape(actions) == [*power_off(), (UPDATED, Trigger.EV_COMMUNICATION_LOST),
+                              UnlockConnector(1, 1), rig.status_changed(St.SUSPENDED_EVSE)]
+    assert events(actions)[0].charging_state is ChargingState.IDLE
+    assert rig.cs.evse(1).transaction is tx
     rig.later(20)
     actions = rig.plug()
-    assert actions == [
+    assert shape(actions) == [
         SetCurrentLimit(1, 32.0),
+        (UPDATED, Trigger.CABLE_PLUGGED_IN),
         rig.status_changed(St.SUSPENDED_EV),
         SetContactor(1, True),
+        STATE,
         rig.status_changed(St.CHARGING),
     ]
-    assert rig.cs.connector(1).transaction is tx
+    assert rig.cs.evse(1).transaction is tx
 
 
 def test_remote_stop():
     rig = Rig()
     tx = rig.charging()
-    assert rig.confirm(1, 777) == [AuthCacheUpdated("CARD1", ACCEPTED)]
-    assert tx.csms_id == 777
-    assert rig.call("stop_transaction", 778, StopReason.REMOTE) == (False, [])
-    ok, actions = rig.call("stop_transaction", 777, StopReason.REMOTE)
+    assert rig.confirm(tx.ref) == [AuthCacheUpdated(tok("CARD1"), ACCEPTED)]
+    assert rig.call("remote_stop", "unknown") == (False, [])
+    ok, actions = rig.call("remote_stop", tx.ref)
     assert ok is True
-    assert actions[:3] == [*power_off(), TransactionStopped(tx, StopReason.REMOTE, rig.now, 0.0,
-                                                            None)]
+    assert shape(actions)[:3] == [*power_off(), (ENDED, Trigger.REMOTE_STOP)]
+    assert ended(events(actions)[0]) == (StopReason.REMOTE, rig.now, 0.0, None)
     assert actions[3] == rig.status_changed(St.FINISHING)
-
-
-def test_unconfirmed_transaction_cannot_be_stopped_remotely():
-    rig = Rig()
-    rig.charging()
-    assert rig.call("stop_transaction", 1, StopReason.REMOTE) == (False, [])
 
 
 def test_stop_by_fault_and_recovery():
@@ -442,29 +516,32 @@ def test_stop_by_fault_and_recovery():
     tx = rig.charging()
     rig.later(5)
     actions = rig.call("fault_raised", 1, Fault.OVER_CURRENT, "I>40A")[1]
-    assert actions == [
+    assert shape(actions) == [
         *power_off(),
-        TransactionStopped(tx, StopReason.OTHER, T0 + 5, 0.0, None),
+        (ENDED, Trigger.ABNORMAL_CONDITION),
         rig.status_changed(St.FAULTED, fault=Fault.OVER_CURRENT, info="I>40A"),
     ]
-    # Nothing starts on a faulted connector.
+    end = events(actions)[0]
+    assert ended(end) == (StopReason.FAULT, T0 + 5, 0.0, None)
+    assert (end.ref, end.cause) == (tx.ref, Fault.OVER_CURRENT)
+    # Nothing starts on a faulted EVSE.
     assert rig.card("CARD2") == []
-    assert rig.call("remote_start", "CARD2", 1) == (False, [])
+    assert rig.call("remote_start", tok("CARD2"), 1)[0].accepted is False
     rig.later(5)
     assert rig.call("fault_cleared", 1, Fault.OVER_CURRENT)[1] == [
         rig.status_changed(St.FINISHING)]
     rig.unplug()
-    assert rig.charging("CARD2").local_id == 2
+    assert rig.charging("CARD2").ref != tx.ref
 
 
-def test_emergency_stop_at_station_level_stops_every_connector():
+def test_emergency_stop_at_station_level_stops_every_evse():
     rig = Rig(2)
     tx1 = rig.charging("A", 1)
     tx2 = rig.charging("B", 2)
     _, actions = rig.call("fault_raised", 0, Fault.EMERGENCY_STOP, "button")
-    stops = of(TransactionStopped, actions)
-    assert [(s.transaction, s.reason) for s in stops] == [
-        (tx1, StopReason.EMERGENCY_STOP), (tx2, StopReason.EMERGENCY_STOP)]
+    assert [(e.ref, e.reason, e.cause) for e in events(actions, ENDED)] == [
+        (tx1.ref, StopReason.EMERGENCY_STOP, Fault.EMERGENCY_STOP),
+        (tx2.ref, StopReason.EMERGENCY_STOP, Fault.EMERGENCY_STOP)]
     assert of(SetContactor, actions) == [SetContactor(1, False), SetContactor(2, False)]
     assert of(StatusChanged, actions) == [
         rig.status_changed(St.FAULTED, 0, Fault.EMERGENCY_STOP, "button"),
@@ -494,11 +571,12 @@ def test_hard_reset_stops_every_session_then_resets():
     tx2 = rig.charging("B", 2)
     rig.later(9)
     _, actions = rig.call("reset", True)
-    assert [type(a) for a in actions if not isinstance(a, StatusChanged)] == [
-        *POWER_OFF_THEN_STOP, *POWER_OFF_THEN_STOP, ResetNow]
-    assert of(TransactionStopped, actions) == [
-        TransactionStopped(tx1, StopReason.HARD_RESET, T0 + 9, 10.0, None),
-        TransactionStopped(tx2, StopReason.HARD_RESET, T0 + 9, 20.0, None),
+    off_then_end = [SetContactor, SetCurrentLimit, (ENDED, Trigger.RESET_COMMAND)]
+    assert [k for k in kinds(actions) if k is not StatusChanged] == [
+        *off_then_end, *off_then_end, ResetNow]
+    assert [(e.ref, *ended(e)) for e in events(actions)] == [
+        (tx1.ref, StopReason.HARD_RESET, T0 + 9, 10.0, None),
+        (tx2.ref, StopReason.HARD_RESET, T0 + 9, 20.0, None),
     ]
     assert of(ResetNow, actions) == [ResetNow(True)]
 
@@ -507,25 +585,27 @@ def test_soft_reset():
     rig = Rig()
     tx = rig.charging()
     _, actions = rig.call("reset", False)
-    assert only_stop(actions).reason is StopReason.SOFT_RESET
-    assert only_stop(actions).transaction is tx
-    assert actions.index(of(ResetNow, actions)[0]) > actions.index(only_stop(actions))
+    assert only_end(actions).reason is StopReason.SOFT_RESET
+    assert only_end(actions).ref == tx.ref
+    assert actions.index(of(ResetNow, actions)[0]) > actions.index(only_end(actions))
 
 
 def test_reset_without_sessions_is_immediate():
-    assert Rig().call("reset", False) == (None, [ResetNow(False)])
-    assert Rig().call("reset", True) == (None, [ResetNow(True)])
+    assert Rig().call("reset", False) == (Availability.ACCEPTED, [ResetNow(False)])
+    assert Rig().call("reset", True) == (Availability.ACCEPTED, [ResetNow(True)])
 
 
 def test_unlock_stops_the_session():
     rig = Rig()
     tx = rig.charging()
     _, actions = rig.call("unlock", 1)
-    assert actions == [
+    assert shape(actions) == [
         *power_off(),
-        TransactionStopped(tx, StopReason.UNLOCK_COMMAND, rig.now, 0.0, None),
+        (ENDED, Trigger.UNLOCK_COMMAND),
         rig.status_changed(St.FINISHING),
     ]
+    assert (events(actions)[0].ref, events(actions)[0].reason) == (tx.ref,
+                                                                   StopReason.UNLOCK_COMMAND)
 
 
 def test_unlock_without_session_leaves_the_lock_to_the_caller():
@@ -537,33 +617,35 @@ def test_unlock_without_session_leaves_the_lock_to_the_caller():
 def test_invalid_id_in_start_confirmation_deauthorizes():
     rig = Rig()
     tx = rig.charging()
-    actions = rig.confirm(1, 12, AuthStatus.BLOCKED)
-    assert actions == [
-        AuthCacheUpdated("CARD1", IdTagInfo(AuthStatus.BLOCKED)),
+    actions = rig.confirm(tx.ref, AuthStatus.BLOCKED)
+    assert shape(actions) == [
+        AuthCacheUpdated(tok("CARD1"), AuthInfo(AuthStatus.BLOCKED)),
         *power_off(),
-        TransactionStopped(tx, StopReason.DE_AUTHORIZED, rig.now, 0.0, None),
+        (ENDED, Trigger.DEAUTHORIZED),
         rig.status_changed(St.FINISHING),
     ]
-    assert tx.csms_id == 12
+    assert ended(events(actions)[0]) == (StopReason.DE_AUTHORIZED, rig.now, 0.0, None)
 
 
 def test_invalid_id_suspends_when_stop_on_invalid_id_is_off():
     rig = Rig(stop_on_invalid_id=False)
     tx = rig.charging()
-    actions = rig.confirm(1, 12, AuthStatus.EXPIRED)
-    assert actions == [
-        AuthCacheUpdated("CARD1", IdTagInfo(AuthStatus.EXPIRED)),
+    actions = rig.confirm(tx.ref, AuthStatus.EXPIRED)
+    assert shape(actions) == [
+        AuthCacheUpdated(tok("CARD1"), AuthInfo(AuthStatus.EXPIRED)),
         *power_off(),
+        (UPDATED, Trigger.DEAUTHORIZED),
         rig.status_changed(St.SUSPENDED_EVSE),
     ]
+    assert events(actions)[0].charging_state is ChargingState.SUSPENDED_EVSE
     assert tx.suspended_by_csms is True
-    assert rig.cs.connector(1).transaction is tx
+    assert rig.cs.evse(1).transaction is tx
     # The vehicle asking again gets nothing.
     assert rig.pilot(C) == []
     assert rig.pilot(B) == []
     # The driver can still end it.
-    stop = only_stop(rig.card("CARD1"))
-    assert (stop.reason, stop.id_tag) == (StopReason.LOCAL, "CARD1")
+    stop = only_end(rig.card("CARD1"))
+    assert (stop.reason, stop.stopped_by) == (StopReason.LOCAL, tok("CARD1"))
 
 
 # ---- remote start ------------------------------------------------------------------------
@@ -571,41 +653,44 @@ def test_invalid_id_suspends_when_stop_on_invalid_id_is_off():
 
 def test_remote_start_authorized_first():
     rig = Rig()
-    ok, actions = rig.call("remote_start", "REMOTE1", 1)
-    assert ok is True
-    assert actions == [RequestAuthorization("REMOTE1"), rig.status_changed(St.PREPARING)]
+    result, actions = rig.call("remote_start", tok("REMOTE1"), 1, remote_start_id=77)
+    assert (result.accepted, result.ref) == (True, None)
+    assert actions == [RequestAuthorization(tok("REMOTE1")), rig.status_changed(St.PREPARING)]
     assert kinds(rig.answer("REMOTE1")) == [AuthCacheUpdated]
     actions = rig.plug()
-    tx = rig.cs.connector(1).transaction
-    assert actions[0] == TransactionStarted(tx)
-    assert (tx.id_tag, tx.remote_start) == ("REMOTE1", True)
+    tx = rig.cs.evse(1).transaction
+    assert shape(actions)[0] == (STARTED, Trigger.CABLE_PLUGGED_IN)
+    assert (tx.token, tx.remote_start_id) == (tok("REMOTE1"), 77)
+    assert events(actions)[0].remote_start_id == 77
 
 
 def test_remote_start_rejected_by_authorize():
     rig = Rig()
-    rig.call("remote_start", "REMOTE1", 1)
+    rig.call("remote_start", tok("REMOTE1"), 1)
     assert rig.answer("REMOTE1", AuthStatus.INVALID)[-1] == rig.status_changed(St.AVAILABLE)
 
 
 def test_remote_start_without_authorize_starts_at_once_when_plugged():
     rig = Rig(authorize_remote_start=False)
     rig.plug()
-    ok, actions = rig.call("remote_start", "REMOTE1", None)
-    tx = rig.cs.connector(1).transaction
-    assert ok is True
-    assert actions == [
-        TransactionStarted(tx),
+    result, actions = rig.call("remote_start", tok("REMOTE1"), None)
+    tx = rig.cs.evse(1).transaction
+    assert result.accepted is True
+    assert shape(actions) == [
+        (STARTED, Trigger.REMOTE_START),
         SetCurrentLimit(1, 32.0),
         rig.status_changed(St.SUSPENDED_EV),
         SetContactor(1, True),
+        STATE,
         rig.status_changed(St.CHARGING),
     ]
-    assert (tx.id_tag, tx.remote_start) == ("REMOTE1", True)
+    assert tx.token == tok("REMOTE1")
 
 
 def test_remote_start_without_authorize_waits_for_the_car_and_times_out():
     rig = Rig(authorize_remote_start=False, connection_timeout=30.0)
-    assert rig.call("remote_start", "REMOTE1", 1) == (True, [rig.status_changed(St.PREPARING)])
+    result, actions = rig.call("remote_start", tok("REMOTE1"), 1)
+    assert result.accepted and actions == [rig.status_changed(St.PREPARING)]
     rig.later(30)
     assert rig.tick() == [rig.status_changed(St.AVAILABLE)]
 
@@ -613,11 +698,12 @@ def test_remote_start_without_authorize_waits_for_the_car_and_times_out():
 def test_remote_start_refused():
     rig = Rig(2)
     rig.charging("A", 1)
-    assert rig.call("remote_start", "R", 1) == (False, [])  # occupied
-    assert rig.call("remote_start", "R", 3) == (False, [])  # unknown connector
-    assert rig.call("remote_start", "R", 0) == (False, [])
-    assert rig.call("remote_start", "R", 2)[0] is True
-    assert rig.call("remote_start", "S", None) == (False, [])  # nothing free any more
+    assert rig.call("remote_start", tok("R"), 1)[0].accepted is False  # occupied
+    assert rig.call("remote_start", tok("R"), 3)[0].accepted is False  # unknown EVSE
+    assert rig.call("remote_start", tok("R"), 0)[0].accepted is False
+    assert rig.call("remote_start", tok("R"), 2)[0].accepted is True
+    result, actions = rig.call("remote_start", tok("S"), None)  # nothing free any more
+    assert (result.accepted, actions) == (False, [])
 
 
 # ---- ConnectionTimeOut -------------------------------------------------------------------
@@ -635,7 +721,7 @@ def test_connection_timeout_drops_an_authorized_card_without_a_car():
     assert rig.tick() == [rig.status_changed(St.AVAILABLE)]
     # The car that comes later finds no session waiting for it.
     assert rig.plug() == [rig.status_changed(St.PREPARING)]
-    assert not of(TransactionStarted, rig.log)
+    assert not events(rig.log)
 
 
 def test_plugged_car_waiting_for_a_card_has_no_timeout():
@@ -649,30 +735,31 @@ def test_plugged_car_waiting_for_a_card_has_no_timeout():
 # ---- offline authorization and the cache -------------------------------------------------
 
 
-def cached_rig(info: IdTagInfo, **settings) -> Rig:
-    station = ChargingStation(1, CoreSettings(**settings), auth_cache={"CARD1": info})
+def cached_rig(entry: AuthInfo, **settings) -> Rig:
+    station = ChargingStation(1, CoreSettings(**settings), auth_cache=[(tok("CARD1"), entry)])
     return Rig(station=station, online=False)
 
 
 def test_offline_cache_hit_starts_without_asking():
-    rig = cached_rig(IdTagInfo(AuthStatus.ACCEPTED, "G", T0 + 10))
+    rig = cached_rig(info(AuthStatus.ACCEPTED, "G", T0 + 10))
     rig.plug()
     actions = rig.card("CARD1")
-    assert kinds(actions)[:2] == [TransactionStarted, SetCurrentLimit]
-    assert rig.cs.connector(1).transaction.parent_id_tag == "G"
+    assert kinds(actions)[:2] == [(STARTED, Trigger.AUTHORIZED), SetCurrentLimit]
+    assert events(actions)[0].offline is True
+    assert rig.cs.evse(1).transaction.group == tok("G")
     assert not of(RequestAuthorization, rig.log)
 
 
 def test_offline_expired_cache_entry_is_refused():
-    rig = cached_rig(IdTagInfo(AuthStatus.ACCEPTED, None, T0 - 1), allow_offline_unknown_id=True)
+    rig = cached_rig(info(AuthStatus.ACCEPTED, None, T0 - 1), allow_offline_unknown_id=True)
     assert rig.card("CARD1") == []
-    assert rig.cs.connector(1).pending is None
+    assert rig.cs.evse(1).pending is None
     rig.plug()
     assert rig.cs.transactions() == []
 
 
 def test_offline_blocked_cache_entry_is_refused_even_if_unknown_ids_are_allowed():
-    rig = cached_rig(IdTagInfo(AuthStatus.BLOCKED), allow_offline_unknown_id=True)
+    rig = cached_rig(AuthInfo(AuthStatus.BLOCKED), allow_offline_unknown_id=True)
     rig.plug()
     assert rig.card("CARD1") == []
     assert rig.cs.transactions() == []
@@ -685,6 +772,17 @@ def test_offline_cache_not_used_when_local_authorize_offline_is_off():
     assert rig.cs.transactions() == []
 
 
+def test_cache_entry_older_than_its_lifetime_is_not_trusted_offline():
+    station = ChargingStation(1, CoreSettings(auth_cache_lifetime=3600.0))
+    rig = Rig(station=station)
+    rig.learn("CARD1")
+    rig.offline()
+    rig.plug()
+    rig.later(3601)
+    assert rig.card("CARD1") == []
+    assert rig.cs.transactions() == []
+
+
 @pytest.mark.parametrize("allowed", [True, False])
 def test_offline_unknown_id(allowed):
     rig = Rig(online=False, allow_offline_unknown_id=allowed)
@@ -692,7 +790,7 @@ def test_offline_unknown_id(allowed):
     actions = rig.card("STRANGER")
     assert not of(RequestAuthorization, actions)
     if allowed:
-        assert rig.cs.connector(1).transaction.id_tag == "STRANGER"
+        assert rig.cs.evse(1).transaction.token == tok("STRANGER")
         assert rig.cs.status(1)[0] is St.CHARGING
     else:
         assert actions == []
@@ -700,71 +798,74 @@ def test_offline_unknown_id(allowed):
 
 
 def test_connection_lost_during_authorize_decides_offline():
-    station = ChargingStation(1, CoreSettings(), auth_cache={"CARD1": ACCEPTED})
+    station = ChargingStation(1, CoreSettings(), auth_cache=[(tok("CARD1"), ACCEPTED)])
     rig = Rig(station=station)
     rig.plug()
-    assert rig.card("CARD1") == [RequestAuthorization("CARD1")]
+    assert rig.card("CARD1") == [RequestAuthorization(tok("CARD1"))]
     actions = rig.offline()
-    assert kinds(actions)[:2] == [TransactionStarted, SetCurrentLimit]
+    assert kinds(actions)[:2] == [(STARTED, Trigger.AUTHORIZED), SetCurrentLimit]
     # The late answer (or its failure) does not start a second session.
     assert rig.answer("CARD1", None) == []
-    assert len(of(TransactionStarted, rig.log)) == 1
+    assert len(events(rig.log, STARTED)) == 1
 
 
 def test_connection_lost_during_authorize_of_unknown_card_refuses():
     rig = Rig()
     rig.card("STRANGER")
     assert rig.offline() == [rig.status_changed(St.AVAILABLE)]
-    assert rig.cs.connector(1).pending is None
+    assert rig.cs.evse(1).pending is None
 
 
 def test_no_answer_to_authorize_decides_offline():
     rig = Rig(allow_offline_unknown_id=True)
     rig.plug()
     rig.card("STRANGER")
-    assert kinds(rig.answer("STRANGER", None))[:1] == [TransactionStarted]
+    assert kinds(rig.answer("STRANGER", None))[:1] == [(STARTED, Trigger.AUTHORIZED)]
 
 
 def test_local_pre_authorize_uses_the_cache_online():
     station = ChargingStation(1, CoreSettings(local_pre_authorize=True),
-                              auth_cache={"CARD1": ACCEPTED, "OLD": IdTagInfo(
-                                  AuthStatus.ACCEPTED, None, T0 - 1)})
+                              auth_cache=[(tok("CARD1"), ACCEPTED),
+                                          (tok("OLD"), info(expiry=T0 - 1))])
     rig = Rig(station=station)
     rig.plug()
     actions = rig.card("CARD1")
-    assert kinds(actions)[:2] == [TransactionStarted, SetCurrentLimit]
+    assert kinds(actions)[:2] == [(STARTED, Trigger.AUTHORIZED), SetCurrentLimit]
     rig.card("CARD1")
     rig.unplug()
     # An expired entry still goes to the CSMS.
-    assert rig.card("OLD") == [RequestAuthorization("OLD"), rig.status_changed(St.PREPARING)]
+    assert rig.card("OLD") == [RequestAuthorization(tok("OLD")),
+                               rig.status_changed(St.PREPARING)]
 
 
 def test_without_local_pre_authorize_the_csms_is_asked_even_for_cached_cards():
-    station = ChargingStation(1, CoreSettings(), auth_cache={"CARD1": ACCEPTED})
+    station = ChargingStation(1, CoreSettings(), auth_cache=[(tok("CARD1"), ACCEPTED)])
     rig = Rig(station=station)
     rig.plug()
-    assert rig.card("CARD1") == [RequestAuthorization("CARD1")]
+    assert rig.card("CARD1") == [RequestAuthorization(tok("CARD1"))]
 
 
 def test_cache_is_bounded_and_evicts_least_recently_used():
     rig = Rig(auth_cache_size=2, online=False)
-    assert rig.learn("A") == [AuthCacheUpdated("A", ACCEPTED)]
-    assert rig.learn("B") == [AuthCacheUpdated("B", ACCEPTED)]
+    assert rig.learn("A") == [AuthCacheUpdated(tok("A"), ACCEPTED)]
+    assert rig.learn("B") == [AuthCacheUpdated(tok("B"), ACCEPTED)]
     rig.card("A")  # using A makes B the least recently used
-    assert rig.learn("C") == [AuthCacheUpdated("B", None), AuthCacheUpdated("C", ACCEPTED)]
+    assert rig.learn("C") == [AuthCacheUpdated(tok("B"), None),
+                              AuthCacheUpdated(tok("C"), ACCEPTED)]
     assert len(rig.cs.cache) == 2
-    assert rig.cs.cache.get("B") is None
+    assert rig.cs.cache.get(tok("B")) is None
     # Updating an entry that is present evicts nothing.
-    blocked = IdTagInfo(AuthStatus.BLOCKED)
-    assert rig.learn("C", AuthStatus.BLOCKED) == [AuthCacheUpdated("C", blocked)]
-    assert rig.learn("D") == [AuthCacheUpdated("A", None), AuthCacheUpdated("D", ACCEPTED)]
+    blocked = AuthInfo(AuthStatus.BLOCKED)
+    assert rig.learn("C", AuthStatus.BLOCKED) == [AuthCacheUpdated(tok("C"), blocked)]
+    assert rig.learn("D") == [AuthCacheUpdated(tok("A"), None),
+                              AuthCacheUpdated(tok("D"), ACCEPTED)]
 
 
 def test_cache_loaded_beyond_capacity_keeps_the_newest():
     station = ChargingStation(1, CoreSettings(auth_cache_size=1),
-                              auth_cache={"OLD": ACCEPTED, "NEW": ACCEPTED})
+                              auth_cache=[(tok("OLD"), ACCEPTED), (tok("NEW"), ACCEPTED)])
     assert len(station.cache) == 1
-    assert station.cache.get("NEW") == ACCEPTED
+    assert station.cache.get(tok("NEW")) == ACCEPTED
 
 
 def test_clear_cache():
@@ -779,7 +880,7 @@ def test_clear_cache():
 
 def test_disabled_cache_neither_learns_nor_decides():
     station = ChargingStation(1, CoreSettings(auth_cache_enabled=False),
-                              auth_cache={"CARD1": ACCEPTED})
+                              auth_cache=[(tok("CARD1"), ACCEPTED)])
     rig = Rig(station=station, online=False)
     assert rig.learn("CARD2") == []
     rig.plug()
@@ -787,7 +888,30 @@ def test_disabled_cache_neither_learns_nor_decides():
     assert rig.cs.transactions() == []
 
 
-# ---- parentIdTag -------------------------------------------------------------------------
+def test_tokens_of_different_types_are_different_identifiers():
+    from cpagent.core.model import TokenType
+
+    station = ChargingStation(1, CoreSettings(), auth_cache=[
+        (IdToken("1234", TokenType.KEY_CODE), ACCEPTED)])
+    rig = Rig(station=station, online=False)
+    rig.plug()
+    rig.cs.card_presented(IdToken("1234", TokenType.ISO14443), None, rig.now)
+    assert rig.take() == []  # a card with the number of a key code is not that key code
+    rig.cs.card_presented(IdToken("1234"), None, rig.now)  # a version that gives no type
+    assert kinds(rig.take())[0] == (STARTED, Trigger.AUTHORIZED)
+
+
+def test_local_list_entry_valid_only_on_some_evses():
+    station = ChargingStation(2, CoreSettings(), local_list=[
+        (tok("CARD1"), AuthInfo(AuthStatus.ACCEPTED, evse_ids=(2,)))])
+    rig = Rig(station=station, online=False)
+    rig.plug(1)
+    assert rig.card("CARD1", 1) == []
+    rig.plug(2)
+    assert kinds(rig.card("CARD1", 2))[0] == (STARTED, Trigger.AUTHORIZED)
+
+
+# ---- groups ------------------------------------------------------------------------------
 
 
 def test_card_of_the_same_group_stops_the_session_via_the_cache():
@@ -795,26 +919,27 @@ def test_card_of_the_same_group_stops_the_session_via_the_cache():
     tx = rig.charging("CARD1", parent="FLEET")
     rig.learn("CARD2", parent="FLEET")
     rig.learn("CARD3", parent="OTHERS")
-    assert rig.card("CARD3") == [RequestAuthorization("CARD3")]  # not the group: ask
+    assert rig.card("CARD3") == [RequestAuthorization(tok("CARD3"))]  # not the group: ask
     assert kinds(rig.answer("CARD3", parent="OTHERS")) == [AuthCacheUpdated]
-    assert rig.cs.connector(1).transaction is tx
+    assert rig.cs.evse(1).transaction is tx
     actions = rig.card("CARD2")
-    assert actions[:3] == [*power_off(),
-                           TransactionStopped(tx, StopReason.LOCAL, rig.now, 0.0, "CARD2")]
+    assert shape(actions)[:3] == [*power_off(), (ENDED, Trigger.STOP_AUTHORIZED)]
+    assert ended(events(actions)[0]) == (StopReason.LOCAL, rig.now, 0.0, tok("CARD2"))
     assert not of(RequestAuthorization, actions)
 
 
 def test_card_of_the_same_group_stops_the_session_online():
     rig = Rig()
-    tx = rig.charging("CARD1", parent="FLEET")
-    assert rig.card("CARD2") == [RequestAuthorization("CARD2")]
+    rig.charging("CARD1", parent="FLEET")
+    assert rig.card("CARD2") == [RequestAuthorization(tok("CARD2"))]
     actions = rig.answer("CARD2", parent="FLEET")
-    assert actions == [
-        AuthCacheUpdated("CARD2", IdTagInfo(AuthStatus.ACCEPTED, "FLEET")),
+    assert shape(actions) == [
+        AuthCacheUpdated(tok("CARD2"), AuthInfo(AuthStatus.ACCEPTED, tok("FLEET"))),
         *power_off(),
-        TransactionStopped(tx, StopReason.LOCAL, rig.now, 0.0, "CARD2"),
+        (ENDED, Trigger.STOP_AUTHORIZED),
         rig.status_changed(St.FINISHING),
     ]
+    assert ended(events(actions)[0]) == (StopReason.LOCAL, rig.now, 0.0, tok("CARD2"))
 
 
 def test_blocked_card_of_the_same_group_does_not_stop():
@@ -829,40 +954,52 @@ def test_group_known_only_from_start_confirmation():
     rig = Rig(online=False, allow_offline_unknown_id=True)
     rig.plug()
     rig.card("CARD1")
-    tx = rig.cs.connector(1).transaction
-    assert tx.parent_id_tag is None
+    tx = rig.cs.evse(1).transaction
+    assert tx.group is None
     rig.cs.connection_changed(True, rig.now)
-    rig.confirm(tx.local_id, 90, parent="FLEET")
-    assert tx.parent_id_tag == "FLEET"
+    rig.confirm(tx.ref, parent="FLEET")
+    assert tx.group == tok("FLEET")
     rig.learn("CARD2", parent="FLEET")
-    assert only_stop(rig.card("CARD2")).id_tag == "CARD2"
+    assert only_end(rig.card("CARD2")).stopped_by == tok("CARD2")
 
 
 # ---- availability ------------------------------------------------------------------------
 
 
 def test_availability_restored_from_the_store_is_not_announced_again():
-    station = ChargingStation(2, CoreSettings(), operative={2: False})
+    station = ChargingStation(2, CoreSettings(), operative={(2, 0): False})
     assert station.status(1) == (St.AVAILABLE, None, "")
     assert station.status(2) == (St.UNAVAILABLE, None, "")
     assert station.drain() == []
-    station = ChargingStation(2, CoreSettings(), operative={0: False})
-    assert [station.status(c)[0] for c in (0, 1, 2)] == [St.UNAVAILABLE] * 3
+    station = ChargingStation(2, CoreSettings(), operative={(0, 0): False})
+    assert [station.status(e)[0] for e in (0, 1, 2)] == [St.UNAVAILABLE] * 3
+    station = ChargingStation(2, CoreSettings(), operative={(1, 1): False})
+    assert [station.status(e)[0] for e in (1, 2)] == [St.UNAVAILABLE, St.AVAILABLE]
 
 
-def test_connector_inoperative_and_back():
+def test_evse_inoperative_and_back():
     rig = Rig(2)
     result, actions = rig.call("change_availability", 1, False)
     assert result is Availability.ACCEPTED
-    assert actions == [AvailabilityChanged(1, False), rig.status_changed(St.UNAVAILABLE)]
-    assert rig.plug(1) == []
-    assert rig.card("CARD1", 1) == []  # unavailable: the card is for connector 1 only
-    assert rig.call("remote_start", "R", 1) == (False, [])
+    assert actions == [AvailabilityChanged(1, 0, False), rig.status_changed(St.UNAVAILABLE)]
+    assert rig.plug(1) == [rig.status_changed(St.UNAVAILABLE, vehicle=True)]
+    assert rig.card("CARD1", 1) == []  # unavailable: the card is for EVSE 1 only
+    assert rig.call("remote_start", tok("R"), 1)[0].accepted is False
     # The same request again changes nothing.
     assert rig.call("change_availability", 1, False) == (Availability.ACCEPTED, [])
     result, actions = rig.call("change_availability", 1, True)
     assert result is Availability.ACCEPTED
-    assert actions == [AvailabilityChanged(1, True), rig.status_changed(St.PREPARING)]
+    assert actions == [AvailabilityChanged(1, 0, True), rig.status_changed(St.PREPARING)]
+
+
+def test_connector_inoperative_and_back():
+    rig = Rig(2)
+    result, actions = rig.call("change_availability", 1, False, connector_id=1)
+    assert result is Availability.ACCEPTED
+    assert actions == [AvailabilityChanged(1, 1, False), rig.status_changed(St.UNAVAILABLE)]
+    assert rig.card("CARD1", 1) == []
+    result, actions = rig.call("change_availability", 1, True, connector_id=1)
+    assert actions == [AvailabilityChanged(1, 1, True), rig.status_changed(St.AVAILABLE)]
 
 
 def test_card_then_inoperative_drops_the_waiting_session():
@@ -874,22 +1011,25 @@ def test_card_then_inoperative_drops_the_waiting_session():
     assert rig.plug() == [rig.status_changed(St.PREPARING)]
 
 
-def test_connector_inoperative_during_a_session_is_scheduled():
+def test_evse_inoperative_during_a_session_is_scheduled():
     rig = Rig()
     tx = rig.charging()
     # Stored at once, so a restart that ends the session still applies it.
     assert rig.call("change_availability", 1, False) == (
-        Availability.SCHEDULED, [AvailabilityChanged(1, False)])
+        Availability.SCHEDULED, [AvailabilityChanged(1, 0, False)])
     # The session goes on, pauses and resumes as usual.
-    assert rig.pilot(B) == [SetContactor(1, False), rig.status_changed(St.SUSPENDED_EV)]
-    assert rig.pilot(C) == [SetContactor(1, True), rig.status_changed(St.CHARGING)]
+    assert shape(rig.pilot(B)) == [SetContactor(1, False), STATE,
+                                   rig.status_changed(St.SUSPENDED_EV)]
+    assert shape(rig.pilot(C)) == [SetContactor(1, True), STATE,
+                                   rig.status_changed(St.CHARGING)]
     actions = rig.card("CARD1")
-    assert actions == [
+    assert shape(actions) == [
         *power_off(),
-        TransactionStopped(tx, StopReason.LOCAL, rig.now, 0.0, "CARD1"),
-        AvailabilityChanged(1, False),
+        (ENDED, Trigger.STOP_AUTHORIZED),
+        AvailabilityChanged(1, 0, False),
         rig.status_changed(St.UNAVAILABLE),
     ]
+    assert events(actions)[0].ref == tx.ref
 
 
 def test_operative_cancels_a_scheduled_inoperative():
@@ -897,7 +1037,7 @@ def test_operative_cancels_a_scheduled_inoperative():
     rig.charging()
     rig.call("change_availability", 1, False)
     assert rig.call("change_availability", 1, True) == (
-        Availability.ACCEPTED, [AvailabilityChanged(1, True)])
+        Availability.ACCEPTED, [AvailabilityChanged(1, 0, True)])
     actions = rig.card("CARD1")
     assert not of(AvailabilityChanged, actions)
     assert actions[-1] == rig.status_changed(St.FINISHING)
@@ -908,9 +1048,9 @@ def test_station_inoperative_and_back():
     result, actions = rig.call("change_availability", 0, False)
     assert result is Availability.ACCEPTED
     assert actions == [
-        AvailabilityChanged(0, False),
-        AvailabilityChanged(1, False),
-        AvailabilityChanged(2, False),
+        AvailabilityChanged(0, 0, False),
+        AvailabilityChanged(1, 0, False),
+        AvailabilityChanged(2, 0, False),
         rig.status_changed(St.UNAVAILABLE, 0),
         rig.status_changed(St.UNAVAILABLE, 1),
         rig.status_changed(St.UNAVAILABLE, 2),
@@ -919,115 +1059,144 @@ def test_station_inoperative_and_back():
     result, actions = rig.call("change_availability", 0, True)
     assert result is Availability.ACCEPTED
     assert actions == [
-        AvailabilityChanged(0, True),
-        AvailabilityChanged(1, True),
-        AvailabilityChanged(2, True),
+        AvailabilityChanged(0, 0, True),
+        AvailabilityChanged(1, 0, True),
+        AvailabilityChanged(2, 0, True),
         rig.status_changed(St.AVAILABLE, 0),
         rig.status_changed(St.AVAILABLE, 1),
         rig.status_changed(St.AVAILABLE, 2),
     ]
 
 
-def test_station_inoperative_during_a_session_is_scheduled_for_that_connector():
+def test_station_inoperative_during_a_session_is_scheduled_for_that_evse():
     rig = Rig(2)
     tx = rig.charging("A", 1)
     result, actions = rig.call("change_availability", 0, False)
     assert result is Availability.SCHEDULED
-    assert AvailabilityChanged(2, False) in actions
-    assert AvailabilityChanged(1, False) in actions  # scheduled, and stored already
+    assert AvailabilityChanged(2, 0, False) in actions
+    assert AvailabilityChanged(1, 0, False) in actions  # scheduled, and stored already
     assert rig.cs.status(2)[0] is St.UNAVAILABLE
     assert rig.cs.status(1)[0] is St.CHARGING
     # The running session keeps its power until it ends.
-    assert rig.pilot(B, 1) == [SetContactor(1, False), rig.status_changed(St.SUSPENDED_EV)]
-    assert rig.pilot(C, 1) == [SetContactor(1, True), rig.status_changed(St.CHARGING)]
+    assert shape(rig.pilot(B, 1)) == [SetContactor(1, False), STATE,
+                                      rig.status_changed(St.SUSPENDED_EV)]
+    assert shape(rig.pilot(C, 1)) == [SetContactor(1, True), STATE,
+                                      rig.status_changed(St.CHARGING)]
     actions = rig.card("A")
-    assert actions == [
+    assert shape(actions) == [
         *power_off(),
-        TransactionStopped(tx, StopReason.LOCAL, rig.now, 0.0, "A"),
-        AvailabilityChanged(1, False),
+        (ENDED, Trigger.STOP_AUTHORIZED),
+        AvailabilityChanged(1, 0, False),
         rig.status_changed(St.UNAVAILABLE),
     ]
+    assert events(actions)[0].ref == tx.ref
 
 
 # ---- metering ----------------------------------------------------------------------------
 
 
 def test_meter_start_and_stop_with_begin_and_end_samples():
-    rig = Rig(meter_sample_interval=0)
+    rig = Rig(update_interval=0)
     reading_start = MeterReading(energy_wh=1000.0, power_w=0.0)
     rig.cs.meter_sample(1, reading_start)
     tx = rig.charging()
     assert tx.meter_start_wh == 1000.0
-    assert tx.samples == [Sample(T0, ReadingContext.TRANSACTION_BEGIN, reading_start)]
+    assert tx.history == [Sample(T0, ReadingContext.TRANSACTION_BEGIN, reading_start)]
     rig.later(1800)
     reading_end = MeterReading(energy_wh=6500.5, power_w=11000.0)
     rig.cs.meter_sample(1, reading_end)
     assert rig.tick() == []  # no periodic samples configured
-    stop = only_stop(rig.card("CARD1"))
+    stop = only_end(rig.card("CARD1"))
     assert stop.meter_stop_wh == 6500.5
-    assert tx.samples == [
+    assert stop.samples == (
         Sample(T0, ReadingContext.TRANSACTION_BEGIN, reading_start),
         Sample(T0 + 1800, ReadingContext.TRANSACTION_END, reading_end),
-    ]
+    )
 
 
 def test_no_meter_reading_means_zero_and_no_samples():
     rig = Rig()
     tx = rig.charging()
-    assert (tx.meter_start_wh, tx.samples) == (0.0, [])
-    assert only_stop(rig.unplug()).meter_stop_wh == 0.0
-    assert tx.samples == []
+    assert (tx.meter_start_wh, tx.history) == (0.0, [])
+    end = only_end(rig.unplug())
+    assert (end.meter_stop_wh, end.samples) == (0.0, ())
 
 
 def test_periodic_samples():
-    rig = Rig(meter_sample_interval=60.0, clock_aligned_interval=0)
+    rig = Rig(update_interval=60.0, history_interval=60.0, aligned_interval=0)
     rig.meter(100.0)
     tx = rig.charging()
     rig.meter(150.0)
     rig.later(59.5)
     assert rig.tick() == []
     rig.later(0.5)
-    sample = Sample(T0 + 60, ReadingContext.PERIODIC, MeterReading(150.0))
-    assert rig.tick() == [MeterValuesReport(1, tx, sample)]
+    sample = Sample(T0 + 60, ReadingContext.PERIODIC, MeterReading(150.0), 32.0)
+    actions = rig.tick()
+    assert shape(actions) == [(UPDATED, Trigger.METER_VALUE_PERIODIC)]
+    assert (actions[0].ref, actions[0].samples) == (tx.ref, (sample,))
     assert rig.tick() == []  # once per interval, however often the clock ticks
     rig.later(60)
-    assert [a.sample.timestamp for a in rig.tick()] == [T0 + 120]
-    assert [s.context for s in tx.samples] == [ReadingContext.TRANSACTION_BEGIN,
+    assert [a.samples[0].timestamp for a in rig.tick()] == [T0 + 120]
+    assert [s.context for s in tx.history] == [ReadingContext.TRANSACTION_BEGIN,
                                                ReadingContext.PERIODIC, ReadingContext.PERIODIC]
 
 
+def test_history_keeps_its_own_interval():
+    rig = Rig(update_interval=60.0, history_interval=300.0, aligned_interval=0)
+    rig.meter(100.0)
+    tx = rig.charging()
+    for _ in range(10):
+        rig.later(60)
+        rig.tick()
+    assert len(events(rig.log, UPDATED)) == 11  # the charging state, then 10 readings
+    assert [s.timestamp for s in tx.history] == [T0, T0 + 300, T0 + 600]
+
+
 def test_periodic_samples_catch_up_without_flooding():
-    rig = Rig(meter_sample_interval=60.0, clock_aligned_interval=0)
+    rig = Rig(update_interval=60.0, aligned_interval=0)
     rig.meter(100.0)
     tx = rig.charging()
     rig.later(1000)  # 16 intervals missed
     actions = rig.tick()
     assert len(actions) == 1
-    assert actions[0].sample.timestamp == T0 + 1000
-    assert tx.next_sample_at == T0 + 1020
+    assert actions[0].samples[0].timestamp == T0 + 1000
+    assert tx.next_update_at == T0 + 1020
     rig.later(19.5)
     assert rig.tick() == []
     rig.later(0.5)
     assert len(rig.tick()) == 1
-    assert tx.next_sample_at == T0 + 1080
+    assert tx.next_update_at == T0 + 1080
 
 
 def test_periodic_samples_stop_with_the_session_and_none_when_disabled():
-    rig = Rig(meter_sample_interval=60.0, clock_aligned_interval=0)
+    rig = Rig(update_interval=60.0, aligned_interval=0)
     rig.meter(100.0)
     rig.charging()
     rig.card("CARD1")
     rig.later(600)
     assert rig.tick() == []
-    rig = Rig(meter_sample_interval=0, clock_aligned_interval=0)
+    rig = Rig(update_interval=0, aligned_interval=0)
     rig.meter(100.0)
     rig.charging()
     rig.later(3600)
     assert rig.tick() == []
 
 
+def test_no_periodic_updates_while_storage_is_low_but_the_end_keeps_its_history():
+    rig = Rig(update_interval=60.0, history_interval=60.0, aligned_interval=0)
+    rig.meter(100.0)
+    rig.charging()
+    rig.cs.storage_low(True)
+    rig.later(60)
+    assert rig.tick() == []
+    end = only_end(rig.card("CARD1"))
+    assert [s.context for s in end.samples] == [
+        ReadingContext.TRANSACTION_BEGIN, ReadingContext.PERIODIC,
+        ReadingContext.TRANSACTION_END]
+
+
 def test_no_clock_aligned_samples_without_a_trusted_clock():
-    rig = Rig(clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig = Rig(aligned_interval=900.0, update_interval=0)
     rig.meter(5.0)
     for _ in range(2000):
         rig.later(1)
@@ -1035,9 +1204,9 @@ def test_no_clock_aligned_samples_without_a_trusted_clock():
 
 
 def test_clock_aligned_samples_land_on_the_boundaries():
-    rig = Rig(2, clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig = Rig(2, aligned_interval=900.0, update_interval=0)
     reading = MeterReading(energy_wh=5.0)
-    rig.cs.meter_sample(1, reading)  # connector 2 has no meter reading: no sample for it
+    rig.cs.meter_sample(1, reading)  # EVSE 2 has no meter reading: no sample for it
     rig.cs.clock_synchronised(rig.now)
     first = math.ceil(T0 / 900) * 900
     reports = []
@@ -1045,15 +1214,15 @@ def test_clock_aligned_samples_land_on_the_boundaries():
         rig.later(1)
         reports += rig.tick()
     assert reports == [
-        MeterValuesReport(1, None, Sample(first, ReadingContext.CLOCK, reading)),
-        MeterValuesReport(1, None, Sample(first + 900, ReadingContext.CLOCK, reading)),
-        MeterValuesReport(1, None, Sample(first + 1800, ReadingContext.CLOCK, reading)),
+        MeterValuesReport(1, Sample(first, ReadingContext.CLOCK, reading)),
+        MeterValuesReport(1, Sample(first + 900, ReadingContext.CLOCK, reading)),
+        MeterValuesReport(1, Sample(first + 1800, ReadingContext.CLOCK, reading)),
     ]
     assert all(r.sample.timestamp % 900 == 0 for r in reports)
 
 
 def test_clock_aligned_sample_belongs_to_the_running_session():
-    rig = Rig(clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig = Rig(aligned_interval=900.0, aligned_history_interval=900.0, update_interval=0)
     rig.meter(5.0)
     tx = rig.charging()
     rig.cs.clock_synchronised(rig.now)
@@ -1061,13 +1230,24 @@ def test_clock_aligned_sample_belongs_to_the_running_session():
     rig.now = boundary - 0.5
     assert rig.tick() == []
     rig.now = boundary + 0.3
-    sample = Sample(boundary, ReadingContext.CLOCK, MeterReading(5.0))
-    assert rig.tick() == [MeterValuesReport(1, tx, sample)]
-    assert tx.samples[-1] == sample
+    sample = Sample(boundary, ReadingContext.CLOCK, MeterReading(5.0), offered_amps=32.0)
+    actions = rig.tick()
+    assert shape(actions) == [(UPDATED, Trigger.METER_VALUE_CLOCK)]
+    assert actions[0].samples == (sample,)
+    assert tx.history[-1] == sample
+
+
+def test_clock_aligned_reports_can_be_kept_out_of_transactions():
+    rig = Rig(aligned_interval=900.0, update_interval=0, aligned_during_transaction=False)
+    rig.meter(5.0)
+    rig.charging()
+    rig.cs.clock_synchronised(rig.now)
+    rig.now = math.ceil(T0 / 900) * 900 + 1
+    assert rig.tick() == []
 
 
 def test_clock_aligned_first_boundary_after_synchronisation_is_not_missed():
-    rig = Rig(clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig = Rig(aligned_interval=900.0, update_interval=0)
     rig.meter(5.0)
     boundary = math.ceil(T0 / 900) * 900
     rig.now = boundary - 0.2
@@ -1077,7 +1257,7 @@ def test_clock_aligned_first_boundary_after_synchronisation_is_not_missed():
 
 
 def test_clock_aligned_catch_up_after_a_gap_reports_once_at_the_latest_boundary():
-    rig = Rig(clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig = Rig(aligned_interval=900.0, update_interval=0)
     rig.meter(5.0)
     rig.cs.clock_synchronised(rig.now)
     boundary = math.ceil(T0 / 900) * 900
@@ -1090,25 +1270,38 @@ def test_clock_aligned_catch_up_after_a_gap_reports_once_at_the_latest_boundary(
 
 
 def test_clock_aligned_interval_change_takes_effect_at_once():
-    rig = Rig(clock_aligned_interval=900.0, meter_sample_interval=0)
+    rig = Rig(aligned_interval=900.0, update_interval=0)
     rig.meter(5.0)
     rig.cs.clock_synchronised(rig.now)
     rig.later(1)
     assert rig.tick() == []
-    rig.cs.settings.clock_aligned_interval = 60.0  # ChangeConfiguration
+    rig.cs.settings.aligned_interval = 60.0  # ChangeConfiguration
     rig.later(1)
     assert rig.tick() == []
     boundary = math.ceil(rig.now / 60) * 60
     rig.now = boundary
     assert [a.sample.timestamp for a in rig.tick()] == [boundary]
-    rig.cs.settings.clock_aligned_interval = 0.0
+    rig.cs.settings.aligned_interval = 0.0
     rig.now = boundary + 3600
     assert rig.tick() == []
-    rig.cs.settings.clock_aligned_interval = 900.0
+    rig.cs.settings.aligned_interval = 900.0
     rig.later(1)
     assert rig.tick() == []
     rig.now = math.ceil(rig.now / 900) * 900
     assert [a.sample.timestamp for a in rig.tick()] == [rig.now]
+
+
+def test_triggered_readings():
+    rig = Rig(2, update_interval=0, aligned_interval=0)
+    rig.meter(5.0, 1)
+    rig.meter(7.0, 2)
+    tx = rig.charging("A", 2)
+    _, actions = rig.call("trigger_meter_values", None)
+    assert [(a.evse_id, a.sample.context) for a in actions] == [
+        (1, ReadingContext.TRIGGER), (2, ReadingContext.TRIGGER)]
+    _, actions = rig.call("trigger_meter_values", None, True)
+    assert shape(actions) == [(UPDATED, Trigger.TRIGGER)]
+    assert actions[0].ref == tx.ref
 
 
 # ---- free vend ---------------------------------------------------------------------------
@@ -1116,19 +1309,20 @@ def test_clock_aligned_interval_change_takes_effect_at_once():
 
 @pytest.mark.parametrize("online", [True, False])
 def test_free_vend_starts_on_plug(online):
-    rig = Rig(online=online, free_vend_id_tag="FREE")
+    rig = Rig(online=online, free_vend_token=tok("FREE"))
     actions = rig.plug()
-    tx = rig.cs.connector(1).transaction
-    assert actions == [
-        TransactionStarted(tx),
+    tx = rig.cs.evse(1).transaction
+    assert shape(actions) == [
+        (STARTED, Trigger.CABLE_PLUGGED_IN),
         SetCurrentLimit(1, 32.0),
         rig.status_changed(St.SUSPENDED_EV),
         SetContactor(1, True),
+        STATE,
         rig.status_changed(St.CHARGING),
     ]
-    assert tx.id_tag == "FREE"
+    assert tx.token == tok("FREE")
     actions = rig.unplug()
-    assert only_stop(actions).reason is StopReason.EV_DISCONNECTED
+    assert only_end(actions).reason is StopReason.EV_DISCONNECTED
     assert not of(RequestAuthorization, rig.log)
 
 
@@ -1136,41 +1330,49 @@ def test_free_vend_starts_on_plug(online):
 
 
 def test_restore_interrupted():
-    rig = Rig(station=ChargingStation(2, CoreSettings(), next_transaction_id=3))
+    rig = Rig(2)
     rig.meter(900.0, 1)
-    cut1 = Transaction(7, 1, "CARD1", T0 - 3600, 500.0, csms_id=70)
-    cut2 = Transaction(4, 2, "CARD2", T0 - 600, 42.0)
+    cut1 = Transaction("r-7", 1, 1, T0 - 3600, 500.0, tok("CARD1"), authorized=True,
+                       next_seq=4)
+    cut2 = Transaction("r-4", 2, 1, T0 - 600, 42.0, tok("CARD2"), authorized=True, next_seq=1)
     _, actions = rig.call("restore_interrupted", [cut1, cut2], StopReason.POWER_LOSS)
-    assert actions == [
-        TransactionStopped(cut1, StopReason.POWER_LOSS, T0, 900.0, None),
-        TransactionStopped(cut2, StopReason.POWER_LOSS, T0, 42.0, None),  # no reading: no energy
+    assert [(e.ref, e.seq, *ended(e)) for e in events(actions)] == [
+        ("r-7", 4, StopReason.POWER_LOSS, T0, 900.0, None),
+        ("r-4", 1, StopReason.POWER_LOSS, T0, 42.0, None),  # no reading: no energy
     ]
+    assert all(e.trigger is Trigger.ABNORMAL_CONDITION for e in events(actions))
     assert rig.cs.transactions() == []
-    assert rig.charging().local_id == 8
 
 
-def test_restore_interrupted_does_not_lower_the_next_id():
-    rig = Rig(station=ChargingStation(1, CoreSettings(), next_transaction_id=10))
-    rig.call("restore_interrupted", [Transaction(3, 1, "X", T0 - 60, 0.0)], StopReason.REBOOT)
-    assert only_stop(rig.log).reason is StopReason.REBOOT
-    assert rig.charging().local_id == 10
+def test_shutdown_ends_every_session_at_its_reading():
+    rig = Rig(2)
+    rig.meter(10.0, 1)
+    rig.charging("A", 1)
+    rig.meter(12.5, 1)
+    rig.later(30)
+    _, actions = rig.call("shutdown")
+    assert ended(only_end(actions)) == (StopReason.REBOOT, T0 + 30, 12.5, None)
+    assert not rig.cs.evse(1).contactor_closed
 
 
 # ---- the control pilot's own errors ------------------------------------------------------
 
 
 @pytest.mark.parametrize("error", [E, F])
-def test_pilot_error_faults_the_connector_until_it_returns(error):
+def test_pilot_error_faults_the_evse_until_it_returns(error):
     rig = Rig()
     tx = rig.charging()
     actions = rig.pilot(error)
-    assert actions == [
+    assert shape(actions) == [
         *power_off(),
-        TransactionStopped(tx, StopReason.OTHER, rig.now, 0.0, None),
-        UnlockConnector(1),
+        (ENDED, Trigger.ABNORMAL_CONDITION),
+        UnlockConnector(1, 1),
         rig.status_changed(St.FAULTED, fault=Fault.EV_COMMUNICATION_ERROR,
                            info=f"control pilot in state {error}"),
     ]
+    end = events(actions)[0]
+    assert (end.ref, end.reason, end.cause) == (tx.ref, StopReason.FAULT,
+                                                Fault.EV_COMMUNICATION_ERROR)
     assert rig.card("CARD2") == []  # faulted: nothing starts
     assert rig.pilot(B) == [rig.status_changed(St.PREPARING)]
     assert rig.cs.transactions() == []
@@ -1187,7 +1389,7 @@ def test_reader_failure_is_reported_but_charging_goes_on():
     _, actions = rig.call("fault_raised", 1, Fault.READER_FAILURE, "no answer")
     assert actions == [rig.status_changed(St.CHARGING, fault=Fault.READER_FAILURE,
                                           info="no answer")]
-    assert rig.cs.connector(1).transaction is tx and rig.cs.connector(1).contactor_closed
+    assert rig.cs.evse(1).transaction is tx and rig.cs.evse(1).contactor_closed
     # A blocking fault takes precedence in what is shown.
     _, actions = rig.call("fault_raised", 1, Fault.HIGH_TEMPERATURE, "85 C")
     assert actions[-1] == rig.status_changed(St.FAULTED, fault=Fault.HIGH_TEMPERATURE,
@@ -1209,7 +1411,7 @@ def test_station_meter_failure_is_reported_everywhere_and_sessions_start():
     ]
     tx = rig.charging("CARD1", 1)
     assert rig.cs.status(1) == (St.CHARGING, Fault.POWER_METER_FAILURE, "modbus timeout")
-    assert rig.cs.connector(1).transaction is tx
+    assert rig.cs.evse(1).transaction is tx
 
 
 def test_clearing_faults_keeps_the_one_the_pilot_still_shows():
@@ -1226,7 +1428,7 @@ def test_meter_stop_never_falls_below_meter_start_without_an_energy_reading():
     rig.cs.meter_sample(1, MeterReading(energy_wh=5000.0))
     tx = rig.charging()
     rig.cs.meter_sample(1, MeterReading(energy_wh=None, power_w=0.0))
-    stopped = [a for a in rig.card("CARD1") if isinstance(a, TransactionStopped)]
+    stopped = events(rig.card("CARD1"), ENDED)
     assert tx.meter_start_wh == 5000.0
     assert stopped[0].meter_stop_wh == 5000.0
 
@@ -1236,31 +1438,31 @@ def test_a_session_waits_for_a_meter_that_stopped_answering():
     rig.cs.meter_sample(1, MeterReading(energy_wh=1_234_567.0))
     rig.cs.meter_failed(1)
     rig.plug()
-    assert rig.card("CARD1") == [RequestAuthorization("CARD1")]
+    assert rig.card("CARD1") == [RequestAuthorization(tok("CARD1"))]
     rig.answer("CARD1")
-    assert rig.cs.transactions() == []  # no meterStart from a reading that may be old
-    assert not rig.cs.connector(1).contactor_closed
+    assert rig.cs.transactions() == []  # no meter start from a reading that may be old
+    assert not rig.cs.evse(1).contactor_closed
     rig.cs.meter_sample(1, MeterReading(energy_wh=1_234_600.0), rig.now)
-    actions = rig.take()
-    started = of(TransactionStarted, actions)
-    assert started and started[0].transaction.meter_start_wh == 1_234_600.0
+    started = events(rig.take(), STARTED)
+    assert started and started[0].meter_start_wh == 1_234_600.0
 
 
 def test_no_periodic_samples_from_a_stale_reading():
-    rig = Rig(meter_sample_interval=10)
+    rig = Rig(update_interval=10)
     rig.cs.meter_sample(1, MeterReading(energy_wh=100.0))
     rig.charging()
     rig.cs.meter_failed(1)
     rig.later(25)
-    assert not of(MeterValuesReport, rig.call("tick")[1])
+    assert not events(rig.call("tick")[1])
 
 
-def test_a_start_the_store_could_not_record_never_powers_the_connector():
+def test_a_start_the_store_could_not_record_never_powers_the_evse():
     rig = Rig()
     tx = rig.charging()
-    rig.cs.start_not_recorded(tx.local_id, rig.now)
+    rig.cs.start_not_recorded(tx.ref, rig.now)
     actions = rig.cs.drain()  # not replayed: for the shell this session never existed
     assert actions[:2] == [SetContactor(1, False), SetCurrentLimit(1, 0.0)]
+    assert not events(actions)
     assert rig.cs.transactions() == []
     assert rig.cs.status(1)[0] is St.PREPARING
 
@@ -1269,29 +1471,30 @@ def test_max_energy_on_invalid_id_lets_an_invalidated_session_finish_its_allowan
     rig = Rig(stop_on_invalid_id=False, max_energy_on_invalid_id=500.0)
     rig.cs.meter_sample(1, MeterReading(energy_wh=1000.0))
     tx = rig.charging()
-    rig.confirm(1, 12, AuthStatus.INVALID)
-    assert rig.cs.connector(1).contactor_closed  # within the allowance
+    rig.confirm(tx.ref, AuthStatus.INVALID)
+    assert rig.cs.evse(1).contactor_closed  # within the allowance
     rig.cs.meter_sample(1, MeterReading(energy_wh=1499.0), rig.now)
     assert rig.take() == []
     rig.cs.meter_sample(1, MeterReading(energy_wh=1500.0), rig.now)
     actions = rig.take()
     assert SetContactor(1, False) in actions
+    assert (UPDATED, Trigger.ENERGY_LIMIT_REACHED) in shape(actions)
     assert rig.cs.status(1)[0] is St.SUSPENDED_EVSE
     assert rig.cs.transactions() == [tx]  # suspended, not stopped
 
 
 def test_deadlines_and_stamps_move_with_the_clock_when_the_time_becomes_known():
-    rig = Rig(meter_sample_interval=60)
+    rig = Rig(update_interval=60)
     rig.cs.meter_sample(1, MeterReading(energy_wh=10.0))
     tx = rig.charging()
-    began, due = tx.started_at, tx.next_sample_at
+    began, due = tx.started_at, tx.next_update_at
     jump = 2 * 3600.0  # the board ran two hours ahead (RTC on local time)
     rig.cs.clock_synchronised(rig.now - jump, -jump)
     rig.now -= jump
-    assert tx.started_at == began - jump and tx.next_sample_at == due - jump
-    assert tx.samples[0].timestamp == began - jump
+    assert tx.started_at == began - jump and tx.next_update_at == due - jump
+    assert tx.history[0].timestamp == began - jump
     rig.later(61)
-    assert of(MeterValuesReport, rig.call("tick")[1])  # not two hours late
+    assert events(rig.call("tick")[1])  # not two hours late
 
 
 def test_no_new_session_while_a_reset_is_under_way():
@@ -1300,8 +1503,35 @@ def test_no_new_session_while_a_reset_is_under_way():
     rig.call("reset", False)
     rig.plug(2)
     assert rig.card("B", 2) == []
-    assert rig.call("remote_start", "C", 2)[0] is False
+    assert rig.call("remote_start", tok("C"), 2)[0].accepted is False
     assert rig.cs.transactions() == []
+
+
+def test_reset_on_idle_waits_for_the_sessions_and_lets_none_begin():
+    rig = Rig(2)
+    tx = rig.charging("A", 1)
+    assert rig.call("reset", False, on_idle=True) == (Availability.SCHEDULED, [])
+    rig.plug(2)
+    assert rig.card("B", 2) == []
+    assert rig.cs.transactions() == [tx]
+    actions = rig.card("A")
+    assert only_end(actions).reason is StopReason.LOCAL  # it ended by itself
+    assert actions.index(of(ResetNow, actions)[0]) > actions.index(only_end(actions))
+
+
+def test_evse_reset():
+    from cpagent.core.actions import ResetEvse
+
+    rig = Rig(2)
+    tx = rig.charging("A", 1)
+    rig.charging("B", 2)
+    _, actions = rig.call("reset", False, evse_id=1)
+    assert only_end(actions).ref == tx.ref
+    assert only_end(actions).trigger is Trigger.RESET_COMMAND
+    assert of(ResetEvse, actions) == [ResetEvse(1)] and not of(ResetNow, actions)
+    assert rig.cs.evse(2).contactor_closed  # the other EVSE charges on
+    rig.unplug(1)
+    assert rig.charging("C", 1)  # usable again once reset
 
 
 def test_second_tap_while_finishing_then_unplug_is_available():
@@ -1311,9 +1541,9 @@ def test_second_tap_while_finishing_then_unplug_is_available():
     rig.charging("CARD1")
     rig.card("CARD1")  # stops the session: Finishing
     assert rig.cs.status(1)[0] is St.FINISHING
-    assert rig.card("CARD2") == [RequestAuthorization("CARD2")]
+    assert rig.card("CARD2") == [RequestAuthorization(tok("CARD2"))]
     assert statuses(rig.unplug()) == [St.AVAILABLE]
-    assert rig.cs.connector(1).pending is None
+    assert rig.cs.evse(1).pending is None
     # The late answer finds nothing to start.
     assert kinds(rig.answer("CARD2")) == [AuthCacheUpdated]
     assert rig.cs.status(1)[0] is St.AVAILABLE

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from cpagent.control import request
+from cpagent.core.model import StopReason
 from cpagent.devcsms import DevCsms
+from cpagent.ocpp16.vocabulary import stop_reason
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("CPAGENT_KILLS", "50"))
@@ -97,9 +99,14 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
             agent.terminate()
             await agent.wait()
 
-        charger = sqlite3.connect(tmp_path / "cpagent.db").execute(
-            "SELECT local_id, csms_id, meter_start_wh, meter_stop_wh, stop_reason"
-            " FROM transactions ORDER BY local_id").fetchall()
+        # The charger's ledger: its transactions, and the 1.6 id the CSMS gave each.
+        rows = sqlite3.connect(tmp_path / "cpagent.db").execute(
+            "SELECT t.ref, json_extract(a.value, '$.transaction_id'), t.meter_start_wh,"
+            " t.meter_stop_wh, t.stop_reason FROM transactions t LEFT JOIN adapter_state a"
+            " ON a.protocol = '1.6' AND a.kind = 'tx' AND a.key = t.ref"
+            " ORDER BY t.started_at").fetchall()
+        charger = [(ref, tx_id, start, stop, stop_reason(StopReason(reason)) if reason
+                    else None) for ref, tx_id, start, stop, reason in rows]
         # The CSMS side, with resent messages (same id) counted once.
         starts: dict[str, object] = {}
         stops: dict[str, object] = {}

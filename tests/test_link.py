@@ -53,7 +53,7 @@ async def test_call_timeout_falls_back_to_the_offline_decision(csms, start_agent
     await asyncio.sleep(1.3)
     # Unknown card, AllowOfflineTxForUnknownId false: no session, contactor open.
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is None
+    assert cp.agent.core.evses[1].transaction is None
     assert not cp.agent.hardware.contactors[1].is_closed
 
 
@@ -183,7 +183,7 @@ async def test_no_1970_timestamps_when_the_clock_is_only_set_by_the_csms(csms, s
     cp.agent.core.settings.allow_offline_unknown_id = True
     cp.mock.swipe("NEWCARD")
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is not None
+    assert cp.agent.core.evses[1].transaction is not None
     await cp.stop()
     # The charger restarts, still without knowing the time, and now reaches the CSMS.
     cp.config = replace(cp.config, csms=replace(cp.config.csms, url=csms.url))

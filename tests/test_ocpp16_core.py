@@ -17,6 +17,7 @@ from harness import booted
 
 from cpagent import __version__
 from cpagent.clock import Clock, parse_time
+from cpagent.core.model import IdToken
 from cpagent.devcsms import CP_TO_CSMS, CsmsCallError, DevCsms, Record
 from cpagent.ocpp16.configuration import KEYS
 from hal.interfaces import Fault
@@ -99,8 +100,8 @@ async def until(cp: Any, predicate: Callable[[Any], Any], timeout: float = 3.0) 
 async def meter_reads(cp: Any, wh: float, connector: int = 1) -> None:
     """Set the (idle) mock meter to `wh` and wait until the core has read it."""
     cp.mock.meter(connector).energy_wh = wh
-    await until(cp, lambda core: core.connectors[connector].reading is not None
-                and core.connectors[connector].reading.energy_wh == wh)
+    await until(cp, lambda core: core.evses[connector].reading is not None
+                and core.evses[connector].reading.energy_wh == wh)
 
 
 async def start_session(cp: Any, csms: DevCsms, tag: str = "CARD1",
@@ -331,9 +332,9 @@ async def test_authorize_invalid_card_after_plug_starts_nothing(csms, start_agen
     cp.mock.swipe("BAD")
     await csms.wait_for_call("Authorize", after=mark)
     # The verdict lands in the authorization cache, and the pending card is dropped.
-    await until(cp, lambda core: core.cache.get("BAD") is not None
-                and core.connectors[1].pending is None)
-    assert cp.agent.core.cache.get("BAD").status.value == "Invalid"
+    await until(cp, lambda core: core.cache.get(IdToken("BAD")) is not None
+                and core.evses[1].pending is None)
+    assert cp.agent.core.cache.get(IdToken("BAD")).status.value == "invalid"
     assert calls_after(csms, "StartTransaction") == []
     assert statuses(csms, 1, after=mark) == []
     assert await cp.status(1) == "Preparing"
@@ -354,7 +355,7 @@ async def test_meter_start_stop_in_wh_and_card_stop_carries_id_tag(csms, start_a
     assert start.payload["meterStart"] == 1234
     assert abs(parse_time(start.payload["timestamp"]) - time.time()) < 5
     cp.mock.suspend(1)  # no power drawn: the meter holds still
-    await until(cp, lambda core: not core.connectors[1].contactor_closed)
+    await until(cp, lambda core: not core.evses[1].contactor_closed)
     await meter_reads(cp, 5678.4)
     mark = csms.mark()
     cp.mock.swipe("CARD1")
@@ -515,7 +516,7 @@ async def test_remote_start_authorizes_first_then_starts_on_plug(csms, start_age
     authorize = await csms.wait_for_call("Authorize", after=mark)
     assert authorize.payload == {"idTag": "REM1"}
     await wait_status(csms, "Preparing", after=mark)
-    await until(cp, lambda core: core.connectors[1].pending.authorized)
+    await until(cp, lambda core: core.evses[1].pending.authorized)
     assert calls_after(csms, "StartTransaction") == []
     assert not cp.agent.hardware.contactors[1].is_closed
     cp.mock.plug(1)
@@ -821,16 +822,16 @@ async def test_cached_card_is_accepted_offline_also_after_restart(csms, start_ag
     await _go_offline(cp)
     cp.mock.plug(1)
     cp.mock.swipe("CACHED1")
-    await until(cp, lambda core: core.connectors[1].contactor_closed)
+    await until(cp, lambda core: core.evses[1].contactor_closed)
     assert cp.agent.hardware.contactors[1].is_closed
     cp.mock.swipe("CACHED1")
-    await until(cp, lambda core: core.connectors[1].transaction is None)
+    await until(cp, lambda core: core.evses[1].transaction is None)
     # The cache is kept in the store: a restart without network still knows the card.
     await cp.restart()
     cp.agent.transport.set_network(False)
     cp.mock.plug(1)
     cp.mock.swipe("CACHED1")
-    await until(cp, lambda core: core.connectors[1].contactor_closed)
+    await until(cp, lambda core: core.evses[1].contactor_closed)
     assert cp.agent.hardware.contactors[1].is_closed
 
 
@@ -843,7 +844,7 @@ async def test_clear_cache_forgets_cached_cards(csms, start_agent):
     cp.mock.plug(1)
     cp.mock.swipe("CACHED1")
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is None
+    assert cp.agent.core.evses[1].transaction is None
     assert not cp.agent.hardware.contactors[1].is_closed
     assert await cp.status(1) == "Preparing"
     # The store forgot it too: after a restart offline the card is still unknown.
@@ -852,7 +853,7 @@ async def test_clear_cache_forgets_cached_cards(csms, start_agent):
     cp.mock.plug(1)
     cp.mock.swipe("CACHED1")
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is None
+    assert cp.agent.core.evses[1].transaction is None
     assert not cp.agent.hardware.contactors[1].is_closed
 
 
@@ -873,7 +874,7 @@ async def test_local_pre_authorize_then_invalid_start_stops_deauthorized(csms, s
     assert calls_after(csms, "Authorize", mark) == []  # started from the cache
     await wait_status(csms, "Finishing", after=mark)
     assert not cp.agent.hardware.contactors[1].is_closed
-    assert cp.agent.core.cache.get("CARD2").status.value == "Invalid"
+    assert cp.agent.core.cache.get(IdToken("CARD2")).status.value == "invalid"
 
 
 async def test_invalid_start_without_stop_on_invalid_id_only_cuts_power(csms, start_agent):
@@ -950,7 +951,7 @@ async def test_change_configuration_persists_across_restart(csms, start_agent):
     await configure(csms, "StopTransactionOnInvalidId", "FALSE")
     await configure(csms, "MeterValuesSampledData", "Voltage, Current.Offered")
     await cp.settle()
-    assert cp.agent.core.settings.meter_sample_interval == 15.0
+    assert cp.agent.core.settings.update_interval == 15.0
     assert cp.agent.core.settings.stop_on_invalid_id is False
     mark = csms.mark()
     await cp.restart()
@@ -962,7 +963,7 @@ async def test_change_configuration_persists_across_restart(csms, start_agent):
         "StopTransactionOnInvalidId": "false",
         "MeterValuesSampledData": "Voltage,Current.Offered",
     }
-    assert cp.agent.core.settings.meter_sample_interval == 15.0
+    assert cp.agent.core.settings.update_interval == 15.0
     assert cp.agent.core.settings.stop_on_invalid_id is False
 
 
@@ -1088,7 +1089,7 @@ async def test_while_rejected_csms_calls_go_unanswered(csms, start_agent):
     csms.heartbeat_interval = 30
     cp = await start_agent()
     await csms.wait_for_call("BootNotification")
-    while cp.agent.registration != "Rejected":  # the verdict has reached the charger
+    while cp.agent.gate.of("1.6") != "Rejected":  # the verdict has reached the charger
         await asyncio.sleep(0.01)
     with pytest.raises(TimeoutError):
         await csms.call("CP-TEST", "GetConfiguration", {}, timeout=0.5)

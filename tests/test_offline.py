@@ -6,11 +6,14 @@ import asyncio
 import sqlite3
 import time
 
+import pytest
 from harness import RunningAgent, booted, make_config
 
 from cpagent.agent import Agent
 from cpagent.clock import Clock, parse_time
+from cpagent.core.model import IdToken
 from cpagent.devcsms import DevCsms
+from cpagent.store import NewRecord, StoreUnavailable
 
 CP = "CP-TEST"
 
@@ -186,7 +189,8 @@ async def test_local_list_full_and_differential_updates(csms, start_agent):
     gap = {"listVersion": 9, "updateType": "Differential", "localAuthorizationList": [
         {"idTag": "GONE"}, {"idTag": "NEW", "idTagInfo": {"status": "Accepted"}}]}
     assert await csms.call(CP, "SendLocalList", gap) == {"status": "Accepted"}
-    assert sorted(cp.agent.core.local_list) == ["BLOCKED1", "GOOD", "NEW"]
+    assert sorted(t.value for t in cp.agent.core.local_list.tokens()) == [
+        "BLOCKED1", "GOOD", "NEW"]
     too_many = {"listVersion": 10, "updateType": "Full", "localAuthorizationList": [
         {"idTag": f"T{n}", "idTagInfo": {"status": "Accepted"}} for n in range(1001)]}
     assert await csms.call(CP, "SendLocalList", too_many) == {"status": "Failed"}
@@ -200,12 +204,12 @@ async def test_local_list_full_and_differential_updates(csms, start_agent):
     cp.mock.plug(1)
     cp.mock.swipe("BLOCKED1")
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is None
+    assert cp.agent.core.evses[1].transaction is None
     cp.mock.swipe("NEW")
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction.id_tag == "NEW"
+    assert cp.agent.core.evses[1].transaction.token.value == "NEW"
     # Cards on the list are never cached.
-    assert cp.agent.core.cache.get("NEW") is None
+    assert cp.agent.core.cache.get(IdToken("NEW")) is None
 
 
 async def test_a_damaged_database_is_set_aside_and_the_agent_starts_fresh(tmp_path, csms):
@@ -214,21 +218,32 @@ async def test_a_damaged_database_is_set_aside_and_the_agent_starts_fresh(tmp_pa
     (data / "cpagent.db").write_bytes(b"this is not a database" * 100)
     config = make_config(data, csms.url)
     agent = Agent(config, clock=Clock("system"))
-    assert agent.store.store.recovered_from is not None
-    assert agent.store.store.recovered_from.read_bytes().startswith(b"this is not")
+    recovery = agent.store.recovery
+    assert recovery is not None
+    assert recovery.moved_to.read_bytes().startswith(b"this is not")
     agent.store.close()
-    # A foreign SQLite file (another program's database) is set aside too.
-    (data / "cpagent.db").unlink()
+    cp = RunningAgent(config, Clock("system"))
+    await cp.start()
+    await booted(csms)
+    await cp.stop()
+
+
+async def test_a_foreign_sqlite_database_is_not_taken_or_moved(tmp_path, csms):
+    """Another program's database is not damaged: the agent refuses it and leaves it be."""
+    data = tmp_path / "agent"
+    data.mkdir()
     foreign = sqlite3.connect(data / "cpagent.db")
     foreign.execute("CREATE TABLE songs (title TEXT)")
+    foreign.execute("INSERT INTO songs VALUES ('one')")
     foreign.execute("PRAGMA user_version = 1")
     foreign.commit()
     foreign.close()
-    cp = RunningAgent(config, Clock("system"))
-    await cp.start()
-    assert cp.agent.store.store.recovered_from is not None
-    await booted(csms)
-    await cp.stop()
+    with pytest.raises(StoreUnavailable, match="another program"):
+        Agent(make_config(data, csms.url), clock=Clock("system"))
+    assert sorted(p.name for p in data.iterdir() if not p.name.endswith(".reserve")) == [
+        "cpagent.db"]
+    assert sqlite3.connect(data / "cpagent.db").execute("SELECT * FROM songs").fetchall() == [
+        ("one",)]
 
 
 async def test_near_the_data_limit_old_meter_values_go_and_starts_and_stops_stay(
@@ -237,28 +252,26 @@ async def test_near_the_data_limit_old_meter_values_go_and_starts_and_stops_stay
     await booted(csms)
     await cp.go_offline()
     agent = cp.agent
-    store = agent.store.store
-    from cpagent.store import QueuedMessage
+    store = agent.store
 
-    big = {"connectorId": 1, "meterValue": [{"timestamp": "2026-11-23T00:00:00.000Z",
-                                             "sampledValue": [{"value": "1" * 2000}]}]}
-    start = QueuedMessage("StartTransaction", {"connectorId": 1, "idTag": "A", "meterStart": 0,
-                                               "timestamp": "2026-11-23T00:00:00.000Z"},
-                          1, time.time(), True, agent.boot_id)
-    await agent.store.run(store.enqueue, start)
+    def event(kind: str, trigger: str, samples: list | None = None) -> NewRecord:
+        return NewRecord("transaction_event", "1.6", {
+            "kind": kind, "trigger": trigger, "ref": "tx-1", "seq": 0, "samples": samples or []},
+            "tx-1", time.time(), True, agent.boot_id)
+
+    big = [{"timestamp": time.time(), "context": "periodic", "offered_amps": 0.0,
+            "reading": {"energy_wh": 1.0, "power_w": None, "current_a": [1.0] * 200,
+                        "voltage_v": None}}] * 4
+    await store.enqueue(event("started", "authorized"))
     for _ in range(5000):  # ~10 MB of readings queued through a long outage
-        await agent.store.run(store.enqueue, QueuedMessage("MeterValues", big, 1, time.time(),
-                                                           True, agent.boot_id))
-    stop = QueuedMessage("StopTransaction", {"meterStop": 5, "timestamp":
-                                             "2026-11-23T01:00:00.000Z"},
-                         1, time.time(), True, agent.boot_id)
-    await agent.store.run(store.enqueue, stop)
+        await store.enqueue(event("updated", "meter_value_periodic", big))
+    await store.enqueue(event("ended", "stop_authorized"))
     dropped = await agent.keep_within_disk_limit()
     assert dropped > 0
-    assert await agent.store.run(store.data_bytes) <= 0.9 * 8 * 1024 * 1024
-    actions = [e.action for e in await agent.store.run(store.outbox_after, 0, 100000)]
-    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
-    assert actions.count("MeterValues") == 5000 - dropped
+    assert await store.data_bytes() <= 0.9 * 8 * 1024 * 1024
+    kinds = [e.record["kind"] for e in await store.outbox_after(0, 100000)]
+    assert kinds[0] == "started" and kinds[-1] == "ended"
+    assert kinds.count("updated") == 5000 - dropped
     assert "dropped" in cp.agent.last_error
 
 
@@ -275,7 +288,8 @@ async def test_an_energy_limit_still_holds_while_offline(csms, start_agent):
     cp.mock.plug(1)
     await csms.call(CP, "RemoteStartTransaction", {"idTag": "STOLEN", "connectorId": 1})
     start = await csms.wait_for_call("StartTransaction")
-    while cp.agent.core.connectors[1].transaction.csms_id is None:  # the verdict arrived
+    ref = cp.agent.core.evses[1].transaction.ref
+    while cp.agent.adapter.wire_transaction_id(ref) is None:  # the verdict arrived
         await asyncio.sleep(0.005)
     await cp.settle()
     assert cp.agent.hardware.contactors[1].is_closed  # still within the allowance
@@ -287,7 +301,7 @@ async def test_an_energy_limit_still_holds_while_offline(csms, start_agent):
         if not cp.agent.hardware.contactors[1].is_closed:
             break
     assert not cp.agent.hardware.contactors[1].is_closed
-    assert cp.agent.core.connectors[1].transaction is not None  # suspended, not stopped
+    assert cp.agent.core.evses[1].transaction is not None  # suspended, not stopped
     assert meter.energy_wh - start.payload["meterStart"] >= 500
     assert meter.energy_wh - start.payload["meterStart"] < 500 + 22_080 * 200 / 3600 * 1.5
     assert await cp.status(1) == "SuspendedEVSE"

@@ -75,7 +75,7 @@ async def test_a_start_the_store_cannot_write_never_closes_the_contactor(csms, s
     def disk_full(*args, **kwargs):
         raise sqlite3.OperationalError("database or disk is full")
 
-    store.record_start = disk_full  # type: ignore[method-assign]
+    store.record_event = disk_full  # type: ignore[method-assign]
     cp.mock.plug(1)
     cp.mock.swipe("NOSPACE")
     await csms.wait_for_call("Authorize")
@@ -87,7 +87,7 @@ async def test_a_start_the_store_cannot_write_never_closes_the_contactor(csms, s
     assert "could not be recorded" in cp.agent.last_error
     assert not cp.agent.hardware.contactors[1].is_closed
     assert cp.agent.hardware.pilots[1].current_limit == 0
-    assert cp.agent.core.connectors[1].transaction is None
+    assert cp.agent.core.evses[1].transaction is None
     assert not csms.calls("StartTransaction")
 
 
@@ -103,7 +103,7 @@ async def test_no_session_starts_on_a_meter_that_does_not_answer(csms, start_age
     await csms.wait_for_call("Authorize")
     await asyncio.sleep(0.3)
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is None
+    assert cp.agent.core.evses[1].transaction is None
     assert not cp.agent.hardware.contactors[1].is_closed
     meter.failing = False
     start = await csms.wait_for_call("StartTransaction", timeout=3)
@@ -120,7 +120,7 @@ async def test_unlock_without_a_lock_says_not_supported_and_leaves_the_session(
     answer = await csms.call(CP, "UnlockConnector", {"connectorId": 1})
     assert answer == {"status": "NotSupported"}
     await cp.settle()
-    assert cp.agent.core.connectors[1].transaction is not None
+    assert cp.agent.core.evses[1].transaction is not None
 
 
 def test_a_clock_step_before_the_time_is_known_cannot_bend_earlier_stamps():

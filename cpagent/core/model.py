@@ -1,7 +1,9 @@
-"""The vocabulary of the charging core: statuses, transactions, settings and the actions it emits.
+"""The vocabulary of the charging core: tokens, statuses, transactions, settings.
 
-These names are version-neutral. OCPP 1.6 reports the detailed connector status as it is;
-OCPP 2.0.1 folds Preparing/Charging/Suspended*/Finishing into Occupied in its adapter.
+Every name here is version-neutral and none is a wire string: the values are lower-case
+identifiers, so a core enum sent as it is fails validation instead of passing for a 1.6 or
+2.0.1 word by accident. Each protocol adapter owns the translation into its vocabulary (1.6's
+`Preparing`, 2.0.1's `Occupied`; 1.6's `Other`, 2.0.1's `GroundFault`), and its length limits.
 """
 
 from __future__ import annotations
@@ -9,65 +11,166 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from hal.interfaces import Fault, MeterReading
+from hal.interfaces import MeterReading
 
 
-class ConnectorStatus(StrEnum):
-    AVAILABLE = "Available"
-    PREPARING = "Preparing"
-    CHARGING = "Charging"
-    SUSPENDED_EV = "SuspendedEV"
-    SUSPENDED_EVSE = "SuspendedEVSE"
-    FINISHING = "Finishing"
-    RESERVED = "Reserved"
-    UNAVAILABLE = "Unavailable"
-    FAULTED = "Faulted"
+class TokenType(StrEnum):
+    """How an identifier was obtained; None on a token means the version did not say."""
 
-
-class StopReason(StrEnum):
-    LOCAL = "Local"
-    REMOTE = "Remote"
-    EV_DISCONNECTED = "EVDisconnected"
-    HARD_RESET = "HardReset"
-    SOFT_RESET = "SoftReset"
-    POWER_LOSS = "PowerLoss"
-    REBOOT = "Reboot"
-    DE_AUTHORIZED = "DeAuthorized"
-    EMERGENCY_STOP = "EmergencyStop"
-    UNLOCK_COMMAND = "UnlockCommand"
-    OTHER = "Other"
-
-
-class AuthStatus(StrEnum):
-    ACCEPTED = "Accepted"
-    BLOCKED = "Blocked"
-    EXPIRED = "Expired"
-    INVALID = "Invalid"
-    CONCURRENT_TX = "ConcurrentTx"
-
-
-class ReadingContext(StrEnum):
-    TRANSACTION_BEGIN = "Transaction.Begin"
-    PERIODIC = "Sample.Periodic"
-    CLOCK = "Sample.Clock"
-    TRANSACTION_END = "Transaction.End"
-    TRIGGER = "Trigger"
-
-
-class Availability(StrEnum):
-    ACCEPTED = "Accepted"
-    REJECTED = "Rejected"
-    SCHEDULED = "Scheduled"
+    CENTRAL = "central"
+    EMAID = "emaid"
+    ISO14443 = "iso14443"
+    ISO15693 = "iso15693"
+    KEY_CODE = "key_code"
+    LOCAL = "local"
+    MAC_ADDRESS = "mac_address"
+    NO_AUTHORIZATION = "no_authorization"
 
 
 @dataclass(frozen=True, slots=True)
-class IdTagInfo:
-    status: AuthStatus
-    parent_id_tag: str | None = None
-    expiry: float | None = None  # UTC epoch seconds
+class IdToken:
+    """An identifier presented for authorization: a card, an app user, free vend."""
 
-    def valid_at(self, now: float) -> bool:
-        return self.status is AuthStatus.ACCEPTED and (self.expiry is None or self.expiry > now)
+    value: str
+    type: TokenType | None = None
+
+    @property
+    def key(self) -> str:
+        # Both 1.6 (CiString20) and 2.0.1 treat identifiers case-insensitively.
+        return self.value.casefold()
+
+    def same_as(self, other: IdToken | None) -> bool:
+        """The same identifier: equal ignoring case, and of the same type where both say."""
+        return (
+            other is not None
+            and self.key == other.key
+            and (self.type is None or other.type is None or self.type is other.type)
+        )
+
+    def __str__(self) -> str:
+        return self.value if self.type is None else f"{self.value} ({self.type})"
+
+
+class AuthStatus(StrEnum):
+    ACCEPTED = "accepted"
+    BLOCKED = "blocked"
+    EXPIRED = "expired"
+    INVALID = "invalid"
+    CONCURRENT_TX = "concurrent_tx"
+    NO_CREDIT = "no_credit"
+    NOT_ALLOWED_TYPE_EVSE = "not_allowed_type_evse"
+    NOT_AT_THIS_LOCATION = "not_at_this_location"
+    NOT_AT_THIS_TIME = "not_at_this_time"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthInfo:
+    """What the CSMS (or the local list) says of a token."""
+
+    status: AuthStatus
+    group: IdToken | None = None  # 1.6 parentIdTag, 2.0.1 groupIdToken
+    expiry: float | None = None  # UTC epoch seconds
+    evse_ids: tuple[int, ...] = ()  # valid only on these EVSEs; empty: on any
+
+    def valid_at(self, now: float, evse_id: int | None = None) -> bool:
+        return (
+            self.status is AuthStatus.ACCEPTED
+            and (self.expiry is None or self.expiry > now)
+            and (evse_id is None or not self.evse_ids or evse_id in self.evse_ids)
+        )
+
+
+class ConnectorStatus(StrEnum):
+    """What a connector is doing, in the detail 1.6 reports; 2.0.1 folds the middle five
+    into Occupied."""
+
+    AVAILABLE = "available"
+    PREPARING = "preparing"
+    CHARGING = "charging"
+    SUSPENDED_EV = "suspended_ev"
+    SUSPENDED_EVSE = "suspended_evse"
+    FINISHING = "finishing"
+    RESERVED = "reserved"
+    UNAVAILABLE = "unavailable"
+    FAULTED = "faulted"
+
+
+class ChargingState(StrEnum):
+    """The energy flow of a transaction (2.0.1 chargingState; 1.6 shows it in the status)."""
+
+    CHARGING = "charging"
+    EV_CONNECTED = "ev_connected"  # plugged, no energy offered yet (not authorized)
+    SUSPENDED_EV = "suspended_ev"
+    SUSPENDED_EVSE = "suspended_evse"
+    IDLE = "idle"  # no vehicle connected
+
+
+class TxPoint(StrEnum):
+    """Where a transaction may begin or end (2.0.1 TxStartPoint / TxStopPoint; 1.6 starts at
+    POWER_PATH_CLOSED and stops at AUTHORIZED)."""
+
+    EV_CONNECTED = "ev_connected"
+    AUTHORIZED = "authorized"
+    POWER_PATH_CLOSED = "power_path_closed"  # connected and authorized
+    ENERGY_TRANSFER = "energy_transfer"
+
+
+class Trigger(StrEnum):
+    """Why a transaction event happened."""
+
+    AUTHORIZED = "authorized"
+    CABLE_PLUGGED_IN = "cable_plugged_in"
+    CHARGING_RATE_CHANGED = "charging_rate_changed"
+    CHARGING_STATE_CHANGED = "charging_state_changed"
+    DEAUTHORIZED = "deauthorized"
+    ENERGY_LIMIT_REACHED = "energy_limit_reached"
+    EV_COMMUNICATION_LOST = "ev_communication_lost"
+    EV_CONNECT_TIMEOUT = "ev_connect_timeout"
+    METER_VALUE_CLOCK = "meter_value_clock"
+    METER_VALUE_PERIODIC = "meter_value_periodic"
+    TIME_LIMIT_REACHED = "time_limit_reached"
+    TRIGGER = "trigger"
+    UNLOCK_COMMAND = "unlock_command"
+    STOP_AUTHORIZED = "stop_authorized"
+    EV_DEPARTED = "ev_departed"
+    EV_DETECTED = "ev_detected"
+    REMOTE_STOP = "remote_stop"
+    REMOTE_START = "remote_start"
+    ABNORMAL_CONDITION = "abnormal_condition"
+    RESET_COMMAND = "reset_command"
+
+
+class StopReason(StrEnum):
+    LOCAL = "local"
+    REMOTE = "remote"
+    EV_DISCONNECTED = "ev_disconnected"
+    HARD_RESET = "hard_reset"
+    SOFT_RESET = "soft_reset"
+    POWER_LOSS = "power_loss"
+    REBOOT = "reboot"
+    DE_AUTHORIZED = "de_authorized"
+    EMERGENCY_STOP = "emergency_stop"
+    FAULT = "fault"  # the cause is carried beside it
+    UNLOCK_COMMAND = "unlock_command"
+    ENERGY_LIMIT_REACHED = "energy_limit_reached"
+    STOPPED_BY_EV = "stopped_by_ev"
+    TIMEOUT = "timeout"
+    OTHER = "other"
+
+
+class ReadingContext(StrEnum):
+    TRANSACTION_BEGIN = "transaction_begin"
+    PERIODIC = "periodic"
+    CLOCK = "clock"
+    TRANSACTION_END = "transaction_end"
+    TRIGGER = "trigger"
+
+
+class Availability(StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    SCHEDULED = "scheduled"
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,33 +180,51 @@ class Sample:
     timestamp: float
     context: ReadingContext
     reading: MeterReading
+    offered_amps: float = 0.0  # what the pilot offered then (the Current.Offered measurand)
 
 
 @dataclass
 class Transaction:
-    local_id: int  # ours, stable from the first moment; the CSMS's id arrives later
+    """A transaction as the core runs it. `ref` is made by the charger and unique across
+    restarts; each adapter maps it to its wire identifier (2.0.1 sends it as it is, 1.6 keeps
+    the integer the CSMS gives)."""
+
+    ref: str
+    evse_id: int
     connector_id: int
-    id_tag: str
     started_at: float
     meter_start_wh: float
-    parent_id_tag: str | None = None
-    csms_id: int | None = None
-    remote_start: bool = False
-    next_sample_at: float = 0.0
-    samples: list[Sample] = field(default_factory=list)
-    suspended_by_csms: bool = False  # StartTransaction.conf said the id tag is not valid
+    token: IdToken | None = None
+    group: IdToken | None = None
+    authorized: bool = False  # may charge as far as authorization goes
+    remote_start_id: int | None = None
+    reservation_id: int | None = None
+    next_seq: int = 0  # sequence number of its next event
+    history: list[Sample] = field(default_factory=list)  # what the end reports
+    next_update_at: float = 0.0
+    next_history_at: float = 0.0
+    suspended_by_csms: bool = False  # the CSMS said the token is not valid
     energy_cap_wh: float | None = None  # register value where an invalidated session ends
+    stopping: tuple[StopReason, IdToken | None] | None = None  # charging over, waits for unplug
+    energy_flowed: bool = False
+    vehicle_seen: bool = False  # a car was plugged in at some point of it
+    charging_state: ChargingState = ChargingState.IDLE
 
 
 @dataclass
 class CoreSettings:
-    """The knobs the core obeys; each protocol adapter maps its own configuration onto these."""
+    """The knobs the core obeys; each protocol adapter maps its configuration onto these."""
 
     max_current: float = 32.0
     connection_timeout: float = 60.0
-    meter_sample_interval: float = 60.0  # 0 = no periodic samples
-    clock_aligned_interval: float = 900.0  # 0 = no clock-aligned samples
-    stop_on_ev_disconnect: bool = True
+    update_interval: float = 60.0  # periodic transaction updates; 0 = none
+    history_interval: float = 0.0  # samples kept for the end of a transaction; 0 = none
+    aligned_interval: float = 900.0  # clock-aligned reports; 0 = none
+    aligned_history_interval: float = 0.0  # clock-aligned samples kept for the end
+    aligned_during_transaction: bool = True  # clock-aligned reports while a session runs
+    start_points: frozenset[TxPoint] = frozenset({TxPoint.POWER_PATH_CLOSED})
+    stop_points: frozenset[TxPoint] = frozenset({TxPoint.AUTHORIZED})
+    stop_on_ev_disconnect: bool = True  # an unplug deauthorizes
     stop_on_invalid_id: bool = True
     authorize_remote_start: bool = True
     local_authorize_offline: bool = True
@@ -111,95 +232,8 @@ class CoreSettings:
     allow_offline_unknown_id: bool = False
     auth_cache_enabled: bool = True
     auth_cache_size: int = 1024
+    auth_cache_lifetime: float | None = None  # seconds an entry is trusted; None: no limit
     local_list_enabled: bool = True
     max_energy_on_invalid_id: float | None = None  # Wh a session may still take; None: no limit
     unlock_on_ev_disconnect: bool = True
-    free_vend_id_tag: str | None = None
-
-
-# ---- actions the core asks its shell to carry out, in order -------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SetCurrentLimit:
-    connector_id: int
-    amps: float
-
-
-@dataclass(frozen=True, slots=True)
-class SetContactor:
-    connector_id: int
-    closed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChanged:
-    connector_id: int  # 0 = the station as a whole
-    status: ConnectorStatus
-    fault: Fault | None
-    info: str
-    timestamp: float
-
-
-@dataclass(frozen=True, slots=True)
-class RequestAuthorization:
-    id_tag: str
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionStarted:
-    transaction: Transaction
-    reservation_id: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TransactionStopped:
-    transaction: Transaction
-    reason: StopReason
-    stopped_at: float
-    meter_stop_wh: float
-    id_tag: str | None  # who stopped it, when a person did
-
-
-@dataclass(frozen=True, slots=True)
-class MeterValuesReport:
-    connector_id: int
-    transaction: Transaction | None
-    sample: Sample
-
-
-@dataclass(frozen=True, slots=True)
-class AuthCacheUpdated:
-    id_tag: str
-    info: IdTagInfo | None  # None: the entry was removed
-
-
-@dataclass(frozen=True, slots=True)
-class AvailabilityChanged:
-    connector_id: int
-    operative: bool
-
-
-@dataclass(frozen=True, slots=True)
-class UnlockConnector:
-    connector_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class ResetNow:
-    hard: bool
-
-
-Action = (
-    SetCurrentLimit
-    | SetContactor
-    | StatusChanged
-    | RequestAuthorization
-    | TransactionStarted
-    | TransactionStopped
-    | MeterValuesReport
-    | AuthCacheUpdated
-    | AvailabilityChanged
-    | UnlockConnector
-    | ResetNow
-)
+    free_vend_token: IdToken | None = None

@@ -1,17 +1,18 @@
 """OCPP 1.6 configuration keys: what GetConfiguration reports and ChangeConfiguration may change.
 
 Each key is a row of data: its type, default, whether the CSMS may write it, the values it
-accepts and which core setting it drives. Values are kept as the strings the wire carries and
-persisted in the store, so a CSMS's change survives a reboot.
+accepts. A key that means what a 2.0.1 variable means names the shared setting it is
+(`shared`), so both versions read and write one stored value; the others are kept among the
+1.6 adapter's own settings. Keys are CiString: any spelling finds a key, answers use its own.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from cpagent.core.model import CoreSettings
+from cpagent.settings import DEFAULTS, SharedSettings
 
 SUPPORTED_MEASURANDS = (
     "Energy.Active.Import.Register",
@@ -34,13 +35,13 @@ class InvalidValue(ValueError):
 class Key:
     name: str
     kind: str  # "bool" | "int" | "csl"
-    default: str | Callable[[int], str]
+    default: str | Callable[[int], str] | None = None  # None: the shared setting's
     readonly: bool = False
     minimum: int = 0
     maximum: int = 2**31 - 1
     allowed: frozenset[str] | None = None  # for csl: the items allowed
     max_items: int | None = None
-    core_field: str | None = None  # the CoreSettings field it drives
+    shared: str | None = None  # the shared setting this key is
 
     def normalise(self, value: str, connectors: int) -> str:
         """The canonical wire form of `value`, or InvalidValue."""
@@ -77,59 +78,54 @@ def _phase_rotation(items: list[str], connectors: int) -> str:
     return ",".join(items)
 
 
-def _measurands(name: str, default: str, core_field: str | None = None) -> Key:
-    return Key(name, "csl", default, allowed=frozenset(SUPPORTED_MEASURANDS),
-               max_items=MEASURAND_LIST_MAX, core_field=core_field)
+def _measurands(name: str, shared: str) -> Key:
+    return Key(name, "csl", allowed=frozenset(SUPPORTED_MEASURANDS),
+               max_items=MEASURAND_LIST_MAX, shared=shared)
 
 
 KEYS: dict[str, Key] = {
     k.name: k
     for k in [
-        Key("AllowOfflineTxForUnknownId", "bool", "false", core_field="allow_offline_unknown_id"),
-        Key("AuthorizationCacheEnabled", "bool", "true", core_field="auth_cache_enabled"),
-        Key("AuthorizeRemoteTxRequests", "bool", "true", core_field="authorize_remote_start"),
-        Key("ClockAlignedDataInterval", "int", "900", maximum=86400,
-            core_field="clock_aligned_interval"),
-        Key("ConnectionTimeOut", "int", "60", minimum=1, maximum=3600,
-            core_field="connection_timeout"),
+        Key("AllowOfflineTxForUnknownId", "bool", shared="offline_unknown_id"),
+        Key("AuthorizationCacheEnabled", "bool", shared="auth_cache_enabled"),
+        Key("AuthorizeRemoteTxRequests", "bool", shared="authorize_remote_start"),
+        Key("ClockAlignedDataInterval", "int", maximum=86400, shared="aligned_interval"),
+        Key("ConnectionTimeOut", "int", minimum=1, maximum=3600, shared="connection_timeout"),
         Key("ConnectorPhaseRotation", "csl", lambda n: ",".join(
             f"{c}.Unknown" for c in range(n + 1)), max_items=9),
         Key("ConnectorPhaseRotationMaxLength", "int", "9", readonly=True),
         Key("GetConfigurationMaxKeys", "int", "64", readonly=True),
-        Key("HeartbeatInterval", "int", "300", maximum=86400),
-        Key("LocalAuthListEnabled", "bool", "true", core_field="local_list_enabled"),
+        Key("HeartbeatInterval", "int", maximum=86400, shared="heartbeat_interval"),
+        Key("LocalAuthListEnabled", "bool", shared="local_list_enabled"),
         Key("LocalAuthListMaxLength", "int", str(LOCAL_LIST_MAX), readonly=True),
-        Key("LocalAuthorizeOffline", "bool", "true", core_field="local_authorize_offline"),
-        Key("LocalPreAuthorize", "bool", "false", core_field="local_pre_authorize"),
-        Key("MaxEnergyOnInvalidId", "int", "0", maximum=1_000_000,
-            core_field="max_energy_on_invalid_id"),
-        _measurands("MeterValuesAlignedData", "Energy.Active.Import.Register"),
+        Key("LocalAuthorizeOffline", "bool", shared="local_authorize_offline"),
+        Key("LocalPreAuthorize", "bool", shared="local_pre_authorize"),
+        Key("MaxEnergyOnInvalidId", "int", maximum=1_000_000,
+            shared="max_energy_on_invalid_id"),
+        _measurands("MeterValuesAlignedData", "aligned_measurands"),
         Key("MeterValuesAlignedDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
-        _measurands("MeterValuesSampledData", "Energy.Active.Import.Register,Power.Active.Import"),
+        _measurands("MeterValuesSampledData", "sampled_measurands"),
         Key("MeterValuesSampledDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
-        Key("MeterValueSampleInterval", "int", "60", maximum=86400,
-            core_field="meter_sample_interval"),
+        Key("MeterValueSampleInterval", "int", maximum=86400, shared="sample_interval"),
         Key("NumberOfConnectors", "int", lambda n: str(n), readonly=True),
-        Key("ResetRetries", "int", "1", maximum=10),
+        Key("ResetRetries", "int", maximum=10, shared="reset_retries"),
         Key("SendLocalListMaxLength", "int", str(SEND_LOCAL_LIST_MAX), readonly=True),
-        Key("StopTransactionOnEVSideDisconnect", "bool", "true",
-            core_field="stop_on_ev_disconnect"),
-        Key("StopTransactionOnInvalidId", "bool", "true", core_field="stop_on_invalid_id"),
-        _measurands("StopTxnAlignedData", ""),
+        Key("StopTransactionOnEVSideDisconnect", "bool", shared="stop_on_ev_disconnect"),
+        Key("StopTransactionOnInvalidId", "bool", shared="stop_on_invalid_id"),
+        _measurands("StopTxnAlignedData", "aligned_ended_measurands"),
         Key("StopTxnAlignedDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
-        _measurands("StopTxnSampledData", ""),
+        _measurands("StopTxnSampledData", "ended_measurands"),
         Key("StopTxnSampledDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
         Key("SupportedFeatureProfiles", "csl", "Core,LocalAuthListManagement", readonly=True),
         Key("SupportedFeatureProfilesMaxLength", "int", "6", readonly=True),
-        Key("TransactionMessageAttempts", "int", "3", minimum=1, maximum=100),
-        Key("TransactionMessageRetryInterval", "int", "60", maximum=86400),
-        Key("UnlockConnectorOnEVSideDisconnect", "bool", "true",
-            core_field="unlock_on_ev_disconnect"),
-        Key("WebSocketPingInterval", "int", "30", maximum=3600),
+        Key("TransactionMessageAttempts", "int", minimum=1, maximum=100,
+            shared="message_attempts"),
+        Key("TransactionMessageRetryInterval", "int", maximum=86400,
+            shared="message_attempt_interval"),
+        Key("UnlockConnectorOnEVSideDisconnect", "bool", shared="unlock_on_ev_disconnect"),
+        Key("WebSocketPingInterval", "int", maximum=3600, shared="ping_interval"),
     ]
 }
-
-
 _BY_FOLDED = {name.casefold(): name for name in KEYS}
 
 
@@ -139,55 +135,49 @@ def canonical_key(name: str) -> str | None:
     return _BY_FOLDED.get(name.casefold())
 
 
-@dataclass
 class Configuration:
-    """The live key values, with the typed views the adapter and the core read."""
+    """The live key values: shared ones from the shared settings, the rest the adapter's."""
 
-    connectors: int
-    values: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, connectors: int, stored: dict[str, str],
-             initial: dict[str, str] | None = None) -> Configuration:
-        config = cls(connectors)
+    def __init__(self, connectors: int, shared: SharedSettings,
+                 own: Mapping[str, str]) -> None:
+        self.connectors = connectors
+        self.shared = shared
+        self.own: dict[str, str] = {}
         for key in KEYS.values():
+            if key.shared is not None or key.readonly:
+                continue
             default = key.default(connectors) if callable(key.default) else key.default
-            config.values[key.name] = default
-        for source in (initial or {}, stored):
-            for name, value in source.items():
-                key = KEYS.get(name)
-                if key is None or key.readonly:
-                    continue
+            self.own[key.name] = default or ""
+            if key.name in own:
                 # A stored value from an older build that no longer fits keeps the default.
                 with contextlib.suppress(InvalidValue):
-                    config.values[name] = key.normalise(value, connectors)
-        return config
+                    self.own[key.name] = key.normalise(own[key.name], connectors)
 
-    def change(self, name: str, value: str) -> str:
-        """Validate and apply; returns the canonical value. KeyError / PermissionError /
-        InvalidValue say why not."""
+    def value(self, name: str) -> str:
+        key = KEYS[name]
+        if key.shared is not None:
+            value = self.shared[key.shared]
+            # A shared value set through another version may not fit this one's rules.
+            try:
+                return key.normalise(value, self.connectors)
+            except InvalidValue:
+                return key.normalise(DEFAULTS[key.shared], self.connectors)
+        if key.readonly:
+            return key.default(self.connectors) if callable(key.default) else key.default or ""
+        return self.own[name]
+
+    def check(self, name: str, value: str) -> str:
+        """The canonical value to store; PermissionError or InvalidValue say why not."""
         key = KEYS[name]
         if key.readonly:
             raise PermissionError(name)
-        canonical = key.normalise(value, self.connectors)
-        self.values[name] = canonical
-        return canonical
+        return key.normalise(value, self.connectors)
 
     def integer(self, name: str) -> int:
-        return int(self.values[name])
+        return int(self.value(name))
 
     def flag(self, name: str) -> bool:
-        return self.values[name] == "true"
+        return self.value(name) == "true"
 
     def items(self, name: str) -> list[str]:
-        return [i for i in self.values[name].split(",") if i]
-
-    def apply_to(self, settings: CoreSettings) -> None:
-        for key in KEYS.values():
-            if key.core_field is None:
-                continue
-            current = getattr(settings, key.core_field)
-            if isinstance(current, bool):
-                setattr(settings, key.core_field, self.flag(key.name))
-            else:
-                setattr(settings, key.core_field, float(self.integer(key.name)))
+        return [i for i in self.value(name).split(",") if i]

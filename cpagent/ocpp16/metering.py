@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from cpagent.clock import format_time
-from cpagent.core.model import Sample
+from cpagent.core.model import ReadingContext, Sample
+
+CONTEXTS = {
+    ReadingContext.TRANSACTION_BEGIN: "Transaction.Begin",
+    ReadingContext.PERIODIC: "Sample.Periodic",
+    ReadingContext.CLOCK: "Sample.Clock",
+    ReadingContext.TRANSACTION_END: "Transaction.End",
+    ReadingContext.TRIGGER: "Trigger",
+}
 
 
 def _number(value: float) -> str:
@@ -13,9 +21,9 @@ def _number(value: float) -> str:
     return text if text not in ("", "-0") else "0"
 
 
-def sampled_values(sample: Sample, measurands: list[str], offered_amps: float) -> list[dict]:
+def sampled_values(sample: Sample, measurands: list[str]) -> list[dict]:
     reading = sample.reading
-    context = sample.context.value
+    context = CONTEXTS[sample.context]
     values: list[dict[str, Any]] = []
 
     def add(measurand: str, value: float, unit: str, phase: str | None = None) -> None:
@@ -43,12 +51,12 @@ def sampled_values(sample: Sample, measurands: list[str], offered_amps: float) -
             for n, volts in enumerate(reading.voltage_v, start=1):
                 add(measurand, volts, "V", f"L{n}-N")
         elif measurand == "Current.Offered":
-            add(measurand, offered_amps, "A")
+            add(measurand, sample.offered_amps, "A")
     return values
 
 
-def meter_value(sample: Sample, measurands: list[str], offered_amps: float) -> dict:
+def meter_value(sample: Sample, measurands: list[str]) -> dict:
     return {
         "timestamp": format_time(sample.timestamp),
-        "sampledValue": sampled_values(sample, measurands, offered_amps),
+        "sampledValue": sampled_values(sample, measurands),
     }

@@ -1,0 +1,137 @@
+"""Version-neutral records as JSON: what the durable queue stores and adapters render from.
+
+A transaction event is kept as the core emitted it (no wire format), so the adapter of the
+link that finally delivers it decides how it reads, even after a version switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from cpagent.core.actions import TransactionEvent, TxEventKind
+from cpagent.core.model import (
+    ChargingState,
+    IdToken,
+    ReadingContext,
+    Sample,
+    StopReason,
+    TokenType,
+    Trigger,
+)
+from hal.interfaces import Fault, MeterReading
+
+TRANSACTION_EVENT = "transaction_event"
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    seq: int
+    unique_id: str
+    kind: str
+    protocol: str  # the OCPP version active when it was written
+    tx_ref: str | None
+    record: dict
+    created_at: float
+    clock_trusted: bool
+    boot_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRow:
+    ref: str
+    evse_id: int
+    connector_id: int
+    token: str | None
+    token_type: str | None
+    group_token: str | None
+    group_type: str | None
+    authorized: bool
+    started_at: float
+    meter_start_wh: float
+    remote_start_id: int | None
+    reservation_id: int | None
+    next_seq: int
+    protocol: str
+    stopped_at: float | None
+    meter_stop_wh: float | None
+    stop_reason: str | None
+
+
+def token_to_json(token: IdToken | None) -> dict | None:
+    if token is None:
+        return None
+    return {"value": token.value, "type": token.type.value if token.type else None}
+
+
+def token_from_json(data: Any) -> IdToken | None:
+    if not isinstance(data, dict) or not isinstance(data.get("value"), str):
+        return None
+    kind = data.get("type")
+    return IdToken(data["value"], TokenType(kind) if kind else None)
+
+
+def reading_to_json(r: MeterReading) -> dict:
+    return {"energy_wh": r.energy_wh, "power_w": r.power_w,
+            "current_a": list(r.current_a) if r.current_a is not None else None,
+            "voltage_v": list(r.voltage_v) if r.voltage_v is not None else None}
+
+
+def reading_from_json(d: dict) -> MeterReading:
+    def phases(value: Any) -> tuple[float, ...] | None:
+        return tuple(float(v) for v in value) if isinstance(value, list) else None
+
+    return MeterReading(d.get("energy_wh"), d.get("power_w"), phases(d.get("current_a")),
+                        phases(d.get("voltage_v")))
+
+
+def sample_to_json(s: Sample) -> dict:
+    return {"timestamp": s.timestamp, "context": s.context.value,
+            "reading": reading_to_json(s.reading), "offered_amps": s.offered_amps}
+
+
+def sample_from_json(d: dict) -> Sample:
+    return Sample(float(d["timestamp"]), ReadingContext(d["context"]),
+                  reading_from_json(d["reading"]), float(d.get("offered_amps") or 0.0))
+
+
+def event_to_json(e: TransactionEvent) -> dict:
+    return {
+        "kind": e.kind.value, "ref": e.ref, "seq": e.seq, "evse_id": e.evse_id,
+        "connector_id": e.connector_id, "timestamp": e.timestamp, "trigger": e.trigger.value,
+        "charging_state": e.charging_state.value, "started_at": e.started_at,
+        "meter_start_wh": e.meter_start_wh, "token": token_to_json(e.token),
+        "group": token_to_json(e.group), "authorized_now": e.authorized_now,
+        "samples": [sample_to_json(s) for s in e.samples],
+        "remote_start_id": e.remote_start_id, "reservation_id": e.reservation_id,
+        "offline": e.offline, "reason": e.reason.value if e.reason else None,
+        "cause": e.cause.value if e.cause else None,
+        "stopped_by": token_to_json(e.stopped_by), "meter_stop_wh": e.meter_stop_wh,
+    }
+
+
+def event_from_json(d: dict) -> TransactionEvent:
+    return TransactionEvent(
+        kind=TxEventKind(d["kind"]), ref=d["ref"], seq=int(d["seq"]), evse_id=int(d["evse_id"]),
+        connector_id=int(d["connector_id"]), timestamp=float(d["timestamp"]),
+        trigger=Trigger(d["trigger"]), charging_state=ChargingState(d["charging_state"]),
+        started_at=float(d["started_at"]), meter_start_wh=float(d["meter_start_wh"]),
+        token=token_from_json(d.get("token")), group=token_from_json(d.get("group")),
+        authorized_now=bool(d.get("authorized_now")),
+        samples=tuple(sample_from_json(s) for s in d.get("samples") or ()),
+        remote_start_id=d.get("remote_start_id"), reservation_id=d.get("reservation_id"),
+        offline=bool(d.get("offline")),
+        reason=StopReason(d["reason"]) if d.get("reason") else None,
+        cause=Fault(d["cause"]) if d.get("cause") else None,
+        stopped_by=token_from_json(d.get("stopped_by")), meter_stop_wh=d.get("meter_stop_wh"),
+    )
+
+
+def shifted(e: TransactionEvent, seconds: float) -> TransactionEvent:
+    """The event with every stamp moved (it was taken before the time was known)."""
+    if not seconds:
+        return e
+    return replace(
+        e, timestamp=e.timestamp + seconds, started_at=e.started_at + seconds,
+        samples=tuple(replace(s, timestamp=s.timestamp + seconds) for s in e.samples))

@@ -58,6 +58,7 @@ from cpagent.core.station import ChargingStation
 from cpagent.host import (
     BootReason,
     CoreCall,
+    Endpoint,
     EvseInfo,
     LinkInfo,
     ProtocolAdapter,
@@ -602,6 +603,10 @@ class Agent:
                                      {"ping_interval": str(self.config.csms.ping_interval)})
         versions = self._versions(await store.state("ocpp_version"))
         self.transport.settings.versions = versions
+        password = self.shared["basic_auth_password"] or self.config.csms.password
+        url = self.config.csms.endpoint_url
+        self.transport.base = Endpoint(url, password, 2 if url.startswith("wss://") else 1)
+        self.transport.use_endpoints([self.transport.base], 3)
         self.boot_reason = await self._boot_reason()
         hosts = {v: _Host(self, v) for v in versions}
         self.adapters = {v: adapter_for(v, hosts[v]) for v in versions}
@@ -974,10 +979,17 @@ class _Link:
 
     def info(self) -> LinkInfo:
         transport = self._agent.transport
-        url = transport.settings.url
-        profile = 2 if url.startswith("wss://") else 1 if transport.settings.password else 0
-        return LinkInfo(url, transport.state, transport.version, profile,
-                        transport.last_error)
+        endpoint = transport.endpoint
+        # Told as it is: without a password a plain ws:// link has no profile at all.
+        profile = 2 if endpoint.url.startswith("wss://") else 1 if endpoint.password else 0
+        return LinkInfo(endpoint.url, transport.state, transport.version, profile,
+                        transport.last_error, {"profile": endpoint.label})
+
+    def base_endpoint(self) -> Endpoint:
+        return self._agent.transport.base
+
+    def use_endpoints(self, endpoints: list[Endpoint], attempts: int) -> None:
+        self._agent.transport.use_endpoints(endpoints, attempts)
 
     def reconnect(self, why: str) -> None:
         self._agent.transport.abort(why)

@@ -1,4 +1,4 @@
-"""A small but real OCPP 1.6J central system (CSMS) for tests and ``cpagent demo``.
+"""A small but real OCPP central system (CSMS), 1.6J and 2.0.1, for tests and ``cpagent demo``.
 
 It is built on the ``ocpp`` package's server side so that every message is
 JSON-schema validated in both directions by the same library a production
@@ -25,6 +25,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from ocpp import v201
 from ocpp.charge_point import camel_to_snake_case
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _OcppChargePoint
@@ -32,6 +33,8 @@ from ocpp.v16 import call as _v16_call
 from ocpp.v16 import call_result
 from ocpp.v16.datatypes import IdTagInfo
 from ocpp.v16.enums import Action
+from ocpp.v201 import call_result as result201
+from ocpp.v201.enums import Action as Action201
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
@@ -102,7 +105,7 @@ class _Session:
     def __init__(self, identity: str, ws: ServerConnection) -> None:
         self.identity = identity
         self.ws = ws
-        self.cp: _CsmsChargePoint | None = None
+        self.cp: _OcppChargePoint | v201.ChargePoint | None = None
         # Set while reading is allowed; see DevCsms.pause().
         self.readable = asyncio.Event()
         self.readable.set()
@@ -246,6 +249,84 @@ class _CsmsChargePoint(_OcppChargePoint):
         return call_result.FirmwareStatusNotification()
 
 
+def _token_info(csms: DevCsms, token: dict | None) -> dict:
+    value = (token or {}).get("idToken", "")
+    if value in csms.rejected_tags:
+        status = "Invalid"
+    elif value.startswith("BLOCKED"):
+        status = "Blocked"
+    elif value.startswith("EXPIRED"):
+        status = "Expired"
+    else:
+        status = "Accepted"
+    info: dict[str, Any] = {"status": status}
+    group = csms.parent_id_tags.get(value)
+    if group:
+        info["groupIdToken"] = {"idToken": group, "type": "Central"}
+    return info
+
+
+class _CsmsChargePoint201(v201.ChargePoint):
+    """Routing for a 2.0.1 charging station's calls; ocpp validates requests and answers."""
+
+    def __init__(self, identity: str, connection: _RecordingConnection, csms: DevCsms) -> None:
+        super().__init__(identity, connection, response_timeout=3600, logger=log)
+        self._csms = csms
+
+    @on(Action201.boot_notification)
+    def on_boot_notification(self, **_: Any) -> result201.BootNotification:
+        return result201.BootNotification(current_time=utc_timestamp(),
+                                          interval=self._csms.heartbeat_interval,
+                                          status=self._csms.boot_status)
+
+    @on(Action201.heartbeat)
+    def on_heartbeat(self, **_: Any) -> result201.Heartbeat:
+        return result201.Heartbeat(current_time=utc_timestamp())
+
+    @on(Action201.authorize)
+    def on_authorize(self, id_token: dict, **_: Any) -> result201.Authorize:
+        return result201.Authorize(id_token_info=_token_info(self._csms, id_token))
+
+    @on(Action201.transaction_event)
+    def on_transaction_event(self, id_token: dict | None = None,
+                             **_: Any) -> result201.TransactionEvent:
+        if id_token is None:
+            return result201.TransactionEvent()
+        return result201.TransactionEvent(id_token_info=_token_info(self._csms, id_token))
+
+    @on(Action201.status_notification)
+    def on_status_notification(self, **_: Any) -> result201.StatusNotification:
+        return result201.StatusNotification()
+
+    @on(Action201.meter_values)
+    def on_meter_values(self, **_: Any) -> result201.MeterValues:
+        return result201.MeterValues()
+
+    @on(Action201.notify_report)
+    def on_notify_report(self, **_: Any) -> result201.NotifyReport:
+        return result201.NotifyReport()
+
+    @on(Action201.notify_event)
+    def on_notify_event(self, **_: Any) -> result201.NotifyEvent:
+        return result201.NotifyEvent()
+
+    @on(Action201.security_event_notification)
+    def on_security_event(self, **_: Any) -> result201.SecurityEventNotification:
+        return result201.SecurityEventNotification()
+
+    @on(Action201.data_transfer)
+    def on_data_transfer(self, **_: Any) -> result201.DataTransfer:
+        return result201.DataTransfer(status="UnknownVendorId")
+
+    @on(Action201.firmware_status_notification)
+    def on_firmware_status(self, **_: Any) -> result201.FirmwareStatusNotification:
+        return result201.FirmwareStatusNotification()
+
+    @on(Action201.log_status_notification)
+    def on_log_status(self, **_: Any) -> result201.LogStatusNotification:
+        return result201.LogStatusNotification()
+
+
 class DevCsms:
     """An OCPP 1.6J central system for one test or demo run.
 
@@ -262,7 +343,7 @@ class DevCsms:
         port: int = 0,
         path: str = "/ocpp",
         ssl_context: ssl.SSLContext | None = None,
-        subprotocols: tuple[str, ...] | list[str] = ("ocpp1.6",),
+        subprotocols: tuple[str, ...] | list[str] = ("ocpp1.6",),  # in the server's preference
         on_record: Callable[[Record], None] | None = None,
         basic_auth: dict[str, str] | None = None,
     ) -> None:
@@ -386,7 +467,8 @@ class DevCsms:
             # old one is typically a half-open link the charger has given up on.
             log.info("%s: new connection replaces the old one", identity)
             old.abort()
-        cp = _CsmsChargePoint(identity, _RecordingConnection(self, session), self)
+        cp_class = _CsmsChargePoint201 if ws.subprotocol == "ocpp2.0.1" else _CsmsChargePoint
+        cp = cp_class(identity, _RecordingConnection(self, session), self)
         session.cp = cp
         self._sessions[identity] = session
         log.info("%s: connected (subprotocol %s)", identity, ws.subprotocol)
@@ -531,10 +613,11 @@ class DevCsms:
         await session.cp._connection.send(text)
 
     @staticmethod
-    def _request(action: str, payload: dict) -> Any:
-        cls = getattr(_v16_call, action, None)
+    def _request(action: str, payload: dict, version: str = "1.6") -> Any:
+        module = v201.call if version == "2.0.1" else _v16_call
+        cls = getattr(module, action, None)
         if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
-            raise ValueError(f"unknown OCPP 1.6 action {action!r}")
+            raise ValueError(f"unknown OCPP {version} action {action!r}")
         # Only top-level keys become snake_case: ocpp converts nested dicts back
         # key by key, and leaving them camelCase keeps that a no-op.
         kwargs = {_snake_key(k): v for k, v in payload.items()}
@@ -546,7 +629,8 @@ class DevCsms:
     async def call(self, identity: str, action: str, payload: dict, timeout: float = 10.0) -> dict:
         session = self._session(identity)
         assert session.cp is not None
-        request = self._request(action, payload)
+        version = "2.0.1" if session.ws.subprotocol == "ocpp2.0.1" else "1.6"
+        request = self._request(action, payload, version)
         unique_id = str(uuid.uuid4())
         session.awaiting.add(unique_id)
         call_task = asyncio.ensure_future(

@@ -106,6 +106,16 @@ class BootAnswer:
     current_time: str | None = None
 
 
+@dataclass(frozen=True)
+class Endpoint:
+    """Where and how to reach the CSMS: one network connection profile."""
+
+    url: str  # the identity included
+    password: str | None = field(default=None, repr=False)
+    security_profile: int = 1
+    label: str = "configuration file"
+
+
 @dataclass
 class LinkInfo:
     url: str
@@ -154,6 +164,15 @@ class Link(Protocol):
 
     def reconnect(self, why: str) -> None:
         """Drop the connection and connect again with the settings as they are now."""
+        ...
+
+    def base_endpoint(self) -> Endpoint:
+        """The profile the installer configured (URL, password of the configuration file)."""
+        ...
+
+    def use_endpoints(self, endpoints: list[Endpoint], attempts: int) -> None:
+        """Connect with the first profile; after `attempts` failed connections try the next
+        (and the first again after the last). Takes effect at the next connection."""
         ...
 
 

@@ -29,6 +29,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
+from cpagent.host import Endpoint
 from cpagent.protocols import SUBPROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,13 @@ class Transport:
         self.connected_since: float | None = None
         self.connect_count = 0
         self._closing = False
+        self.base = Endpoint(settings.url, settings.password,
+                             2 if settings.url.startswith("wss://") else 1)
+        self.endpoints: list[Endpoint] = [self.base]
+        self.attempts = 3
+        self._index = 0
+        self._failures = 0
+        self.fallbacks: list[str] = []
 
     # ---- the simulated outage of `cpagent sim network down|up` ---------------------------------
 
@@ -99,6 +107,28 @@ class Transport:
             self.last_error = why
             connection.transport.abort()
 
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.endpoints[self._index % len(self.endpoints)]
+
+    def use_endpoints(self, endpoints: list[Endpoint], attempts: int) -> None:
+        self.endpoints = list(endpoints) or [self.base]
+        self.attempts = max(1, attempts)
+        self._index = 0
+        self._failures = 0
+
+    def _failed(self, endpoint: Endpoint) -> None:
+        self._failures += 1
+        if len(self.endpoints) > 1 and self._failures >= self.attempts:
+            self._index = (self._index + 1) % len(self.endpoints)
+            self._failures = 0
+            nxt = self.endpoint
+            why = (f"could not connect with the network profile of {endpoint.label} "
+                   f"({self.attempts} attempts): falling back to {nxt.label}")
+            log.error("%s", why)
+            self.fallbacks.append(why)
+            self.last_error = f"{self.last_error}; {why}" if self.last_error else why
+
     def note(self, problem: str | None) -> None:
         """What the session learnt of the link (a boot never answered, refused, ...)."""
         self.last_error = problem
@@ -115,7 +145,7 @@ class Transport:
     # ---- the loop ------------------------------------------------------------------------------
 
     def _ssl_context(self) -> ssl.SSLContext | None:
-        if not self.settings.url.startswith("wss://"):
+        if not self.endpoint.url.startswith("wss://"):
             return None
         context = ssl.create_default_context(
             cafile=str(self.settings.ca_file) if self.settings.ca_file else None
@@ -124,9 +154,10 @@ class Transport:
         return context
 
     def _headers(self) -> dict[str, str]:
-        if not self.settings.password:
+        password = self.endpoint.password
+        if not password:
             return {}
-        token = f"{self.settings.identity}:{self.settings.password}".encode()
+        token = f"{self.settings.identity}:{password}".encode()
         return {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}
 
     async def run(self) -> None:
@@ -137,9 +168,11 @@ class Transport:
             await self._network_up.wait()
             self.state = "connecting"
             started = time.monotonic()
+            endpoint = self.endpoint
+            connected = False
             try:
                 async with connect(
-                    self.settings.url,
+                    endpoint.url,
                     subprotocols=offered,
                     additional_headers=self._headers(),
                     ssl=self._ssl_context(),
@@ -150,6 +183,8 @@ class Transport:
                     user_agent_header=None,
                 ) as connection:
                     agreed = connection.subprotocol
+                    connected = True
+                    self._failures = 0
                     self.last_error = None  # a good connection: nothing stands in the way
                     if agreed not in by_subprotocol:
                         self.last_error = (
@@ -176,6 +211,8 @@ class Transport:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.exception("CSMS session ended with an error")
             finally:
+                if not connected:
+                    self._failed(endpoint)
                 self.state = "disconnected"
                 self.version = None
                 self._connection = None
@@ -197,7 +234,7 @@ class Transport:
         self.version = version
         self.connect_count += 1
         self.connected_since = time.monotonic()
-        log.info("connected to %s with OCPP %s", self.settings.url, version)
+        log.info("connected to %s with OCPP %s", self.endpoint.url, version)
         keepalive = asyncio.create_task(self._keepalive(connection))
         try:
             await self._session(connection, version)

@@ -277,7 +277,9 @@ _notifying(
 class OcppRpcCsms:
     """ocpp-rpc strict-mode CSMS in a Node subprocess; see the module docstring."""
 
-    def __init__(self, *, on_record: Callable[[Record], Any] | None = None) -> None:
+    def __init__(self, *, on_record: Callable[[Record], Any] | None = None,
+                 subprotocols: tuple[str, ...] = ("ocpp1.6",)) -> None:
+        self.subprotocols = tuple(subprotocols)
         self.url: str = ""
         self.records: list[Record] = []
         self.bad_frames: list[dict] = []
@@ -398,6 +400,8 @@ class OcppRpcCsms:
             "server.js",
             "--settings",
             str(self._settings_file),
+            "--protocols",
+            ",".join(self.subprotocols),
             cwd=NODE_DIR,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,

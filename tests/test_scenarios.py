@@ -1,6 +1,7 @@
 """Charging sessions played against two CSMSs that share no code with each other or with us:
 the dev CSMS on the `ocpp` package, and the npm package ocpp-rpc in strict mode, which checks
-every frame against the official schemas (date-time formats included)."""
+every frame against the official schemas (date-time formats included) — each in OCPP 1.6 and
+in 2.0.1, from one scenario per session (see `dialects`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from dialects import DIALECTS, Dialect
 from harness import RunningAgent, make_config
 from ocpp_rpc_csms import OcppRpcCsms, ocpp_rpc_available
 
@@ -16,144 +18,139 @@ from cpagent.devcsms import DevCsms
 from hal.interfaces import Fault
 
 
-@pytest.fixture(params=["dev", "ocpp-rpc"])
+@pytest.fixture(params=[("dev", "1.6"), ("dev", "2.0.1"), ("ocpp-rpc", "1.6"),
+                        ("ocpp-rpc", "2.0.1")], ids=lambda p: f"{p[0]}-{p[1]}")
 async def peer(request) -> AsyncIterator[DevCsms | OcppRpcCsms]:
-    if request.param == "dev":
-        async with DevCsms() as csms:
+    server, version = request.param
+    subprotocols = (DIALECTS[version].subprotocol,)
+    if server == "dev":
+        async with DevCsms(subprotocols=subprotocols) as csms:
+            csms.version = version
             yield csms
         return
     missing = ocpp_rpc_available()
     if missing:
         pytest.skip(f"ocpp-rpc CSMS unavailable: {missing}")
-    async with OcppRpcCsms() as csms:
+    async with OcppRpcCsms(subprotocols=subprotocols) as csms:
+        csms.version = version
         yield csms
         # The independent CSMS must have found nothing wrong with anything we sent.
         assert csms.bad_frames == []
 
 
 @pytest.fixture
-async def charger(peer, tmp_path: Path) -> AsyncIterator[RunningAgent]:
-    config = make_config(tmp_path / "agent", peer.url, station={"connectors": 2})
+def say(peer) -> Dialect:
+    return DIALECTS[peer.version](peer)
+
+
+@pytest.fixture
+async def charger(peer, say, tmp_path: Path) -> AsyncIterator[RunningAgent]:
+    config = make_config(tmp_path / "agent", peer.url, station={"connectors": 2},
+                         csms={"ocpp_version": peer.version})
     agent = RunningAgent(config, Clock("system"))
     await agent.start()
-    await peer.wait_for_call("StatusNotification", predicate=lambda p: p["connectorId"] == 2)
+    await say.wait_status("Available", 2)
     yield agent
     await agent.stop()
 
 
-def status(value: str, connector: int = 1):
-    return lambda p: p["connectorId"] == connector and p["status"] == value
-
-
-async def charge(peer, charger, tag: str = "04A2B3C4", connector: int = 1):
-    mark = peer.mark()
-    charger.mock.plug(connector)
-    charger.mock.swipe(tag, connector)
-    start = await peer.wait_for_call("StartTransaction", after=mark)
-    await peer.wait_for_call("StatusNotification", predicate=status("Charging", connector),
-                             after=mark)
+async def charge(say, charger, tag: str = "04A2B3C4", evse: int = 1):
+    mark = say.peer.mark()
+    charger.mock.plug(evse)
+    charger.mock.swipe(tag, evse)
+    start = await say.wait_start(after=mark)
+    await say.wait_charging(evse, after=mark)
     return start
 
 
-async def test_card_then_plug_then_card_then_unplug(peer, charger):
-    mark = peer.mark()
+async def test_card_then_plug_then_card_then_unplug(say, charger):
+    mark = say.peer.mark()
     charger.mock.swipe("04A2B3C4")
-    await peer.wait_for_call("Authorize", after=mark)
+    await say.peer.wait_for_call("Authorize", after=mark)
     charger.mock.plug(1)
-    start = await peer.wait_for_call("StartTransaction", after=mark)
-    await peer.wait_for_call("StatusNotification", predicate=status("Charging"), after=mark)
+    start = await say.wait_start(after=mark)
+    await say.wait_charging(after=mark)
     charger.mock.swipe("04A2B3C4")
-    stop = await peer.wait_for_call("StopTransaction", after=mark)
-    assert stop.payload["reason"] == "Local"
-    assert stop.payload["meterStop"] >= start.payload["meterStart"]
+    end = await say.wait_end(after=mark)
+    assert say.end_reason(end) == "Local"
+    assert say.meter_stop(end) >= say.meter_start(start)
     charger.mock.unplug(1)
-    await peer.wait_for_call("StatusNotification", predicate=status("Available"),
-                             after=peer.mark() - 1)
+    await say.wait_status("Available", after=say.peer.mark() - 1)
 
 
-async def test_unplug_mid_session_stops_with_ev_disconnected(peer, charger):
-    start = await charge(peer, charger)
+async def test_unplug_mid_session_stops_with_ev_disconnected(say, charger):
+    start = await charge(say, charger)
     charger.mock.unplug(1)
-    stop = await peer.wait_for_call("StopTransaction")
-    assert stop.payload["reason"] == "EVDisconnected"
-    transaction_ids = [r.payload for r in peer.records
-                       if r.kind == "result" and r.action == "StartTransaction"]
-    assert stop.payload["transactionId"] == transaction_ids[-1]["transactionId"]
-    assert start.payload["connectorId"] == 1
+    end = await say.wait_end()
+    assert say.end_reason(end) == "EVDisconnected"
+    assert say.transaction_of(end) == say.transaction_id(start)
 
 
-async def test_ev_suspends_and_resumes(peer, charger):
-    await charge(peer, charger)
-    mark = peer.mark()
+async def test_ev_suspends_and_resumes(say, charger):
+    await charge(say, charger)
+    mark = say.peer.mark()
     charger.mock.suspend(1)
-    await peer.wait_for_call("StatusNotification", predicate=status("SuspendedEV"), after=mark)
+    await say.wait_state("SuspendedEV", after=mark)
+    await charger.settle()
     assert not charger.agent.hardware.contactors[1].is_closed
     charger.mock.resume(1)
-    await peer.wait_for_call("StatusNotification", predicate=status("Charging"), after=mark)
+    await say.wait_state("Charging", after=mark)
+    await charger.settle()
     assert charger.agent.hardware.contactors[1].is_closed
 
 
-async def test_invalid_id_tag_never_starts(peer, charger):
-    peer.rejected_tags = {"STOLEN"}
-    mark = peer.mark()
+async def test_invalid_id_tag_never_starts(say, charger):
+    say.peer.rejected_tags = {"STOLEN"}
+    mark = say.peer.mark()
     charger.mock.plug(1)
     charger.mock.swipe("STOLEN")
-    await peer.wait_for_call("Authorize", after=mark)
+    await say.peer.wait_for_call("Authorize", after=mark)
     await charger.settle()
-    assert not peer.calls("StartTransaction")
+    starts = [r for r in say.peer.calls() if r.action in ("StartTransaction",)
+              or (r.action == "TransactionEvent" and r.payload.get("idToken"))]
+    assert not starts
     assert not charger.agent.hardware.contactors[1].is_closed
     assert await charger.status(1) == "Preparing"
 
 
-async def test_fault_mid_session(peer, charger):
-    await charge(peer, charger)
-    mark = peer.mark()
-    charger.mock.fault(Fault.GROUND_FAILURE, 1)
-    stop = await peer.wait_for_call("StopTransaction", after=mark)
-    assert stop.payload["reason"] == "Other"
-    faulted = await peer.wait_for_call("StatusNotification", predicate=status("Faulted"),
-                                       after=mark)
-    assert faulted.payload["errorCode"] == "GroundFailure"
+@pytest.mark.parametrize("fault", [Fault.GROUND_FAILURE, Fault.EMERGENCY_STOP])
+async def test_fault_mid_session(say, charger, fault):
+    await charge(say, charger)
+    mark = say.peer.mark()
+    charger.mock.fault(fault, 1)
+    end = await say.wait_end(after=mark)
+    assert say.end_reason(end) == say.fault_reason(fault)
+    await say.wait_fault(fault, after=mark)
     assert not charger.agent.hardware.contactors[1].is_closed
 
 
-async def test_remote_start_and_stop_on_the_second_connector(peer, charger):
+async def test_remote_start_and_stop_on_the_second_evse(say, charger):
     charger.mock.plug(2)
-    await peer.wait_for_call("StatusNotification", predicate=status("Preparing", 2))
-    answer = await peer.call("CP-TEST", "RemoteStartTransaction",
-                             {"idTag": "REMOTE1", "connectorId": 2})
+    await say.wait_status("Preparing", 2)
+    answer = await say.remote_start("REMOTE1", 2)
+    assert answer["status"] == "Accepted"
+    start = await say.wait_start(evse=2)
+    await say.wait_charging(2)
+    busy = await say.remote_start("REMOTE2", 2, remote_id=2)
+    assert busy["status"] == "Rejected"
+    answer = await say.remote_stop(say.transaction_id(start))
     assert answer == {"status": "Accepted"}
-    start = await peer.wait_for_call("StartTransaction")
-    assert start.payload["connectorId"] == 2
-    await peer.wait_for_call("StatusNotification", predicate=status("Charging", 2))
-    started = [r.payload for r in peer.records
-               if r.kind == "result" and r.action == "StartTransaction"][-1]
-    busy = await peer.call("CP-TEST", "RemoteStartTransaction",
-                           {"idTag": "REMOTE2", "connectorId": 2})
-    assert busy == {"status": "Rejected"}
-    answer = await peer.call("CP-TEST", "RemoteStopTransaction",
-                             {"transactionId": started["transactionId"]})
-    assert answer == {"status": "Accepted"}
-    stop = await peer.wait_for_call("StopTransaction")
-    assert stop.payload["reason"] == "Remote"
+    end = await say.wait_end()
+    assert say.end_reason(end) == "Remote"
 
 
-async def test_reset_during_a_session_stops_it_first(peer, charger):
-    await charge(peer, charger)
-    answer = await peer.call("CP-TEST", "Reset", {"type": "Soft"})
+async def test_reset_during_a_session_stops_it_first(say, charger):
+    await charge(say, charger)
+    answer = await say.reset()
     assert answer == {"status": "Accepted"}
-    stop = await peer.wait_for_call("StopTransaction")
-    assert stop.payload["reason"] == "SoftReset"
+    end = await say.wait_end()
+    assert say.end_reason(end) == say.reset_reason()
     assert await charger.task == "soft"
 
 
-async def test_meter_values_during_a_session(peer, charger):
-    answer = await peer.call("CP-TEST", "ChangeConfiguration",
-                             {"key": "MeterValueSampleInterval", "value": "1"})
-    assert answer == {"status": "Accepted"}
-    await charge(peer, charger)
-    values = await peer.wait_for_call("MeterValues", timeout=5)
-    sampled = values.payload["meterValue"][0]["sampledValue"]
+async def test_meter_values_during_a_session(say, charger):
+    await say.sample_every_second()
+    await charge(say, charger)
+    sampled = await say.wait_meter_values()
     assert {s["measurand"] for s in sampled} == {"Energy.Active.Import.Register",
                                                  "Power.Active.Import"}
-    assert "transactionId" in values.payload

@@ -1,7 +1,9 @@
 'use strict';
-// Independent OCPP 1.6J CSMS for cpagent's test-suite, built on ocpp-rpc in
-// strict mode so that every frame a charger sends is checked against the
-// official OCPP 1.6 JSON schemas by code that shares nothing with ours.
+// Independent OCPP CSMS (1.6J and 2.0.1) for cpagent's test-suite, built on
+// ocpp-rpc in strict mode so that every frame a charger sends is checked
+// against the official JSON schemas by code that shares nothing with ours.
+// `--protocols ocpp2.0.1,ocpp1.6` lists the subprotocols it agrees to, in its
+// own order of preference (ocpp-rpc picks the first the charger offers).
 //
 // Protocol with the Python wrapper (tests/ocpp_rpc_csms.py), one JSON object
 // per line:
@@ -21,10 +23,14 @@ const readline = require('readline');
 const {
     RPCServer, NOREPLY, TimeoutError, createRPCError, createValidator,
 } = require('ocpp-rpc');
-const OCPP16_SCHEMAS = require('ocpp-rpc/lib/schemas/ocpp1_6.json');
+const SCHEMAS = {
+    'ocpp1.6': require('ocpp-rpc/lib/schemas/ocpp1_6.json'),
+    'ocpp2.0.1': require('ocpp-rpc/lib/schemas/ocpp2_0_1.json'),
+};
 const OCPP_RPC_VERSION = require('ocpp-rpc/package.json').version;
 
-const PROTOCOL = 'ocpp1.6';
+const protocolsArg = process.argv.indexOf('--protocols');
+const PROTOCOLS = protocolsArg >= 0 ? process.argv[protocolsArg + 1].split(',') : ['ocpp1.6'];
 
 // ---------------------------------------------------------------------------
 // Validation
@@ -36,9 +42,6 @@ const PROTOCOL = 'ocpp1.6';
 // the local-time bugs a charger is likely to have. So the stock validator runs
 // first, unchanged, and then every date-time field must also be an RFC 3339
 // date-time: 'T' separator, seconds, and 'Z' or a "+hh:mm" offset.
-
-const stockValidator = createValidator(PROTOCOL, OCPP16_SCHEMAS);
-const schemasById = new Map(OCPP16_SCHEMAS.map(s => [s.$id, s]));
 
 const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:\.\d+)?(?:Z|[+-](\d{2}):(\d{2}))$/i;
 
@@ -54,7 +57,7 @@ function isRfc3339DateTime(s) {
 }
 
 function resolveRef(root, schema) {
-    // The 1.6 schemas only use local "#/definitions/X" references.
+    // The schemas only use local "#/definitions/X" references.
     if (schema && typeof schema.$ref === 'string' && schema.$ref.startsWith('#/')) {
         return schema.$ref.slice(2).split('/').reduce((node, key) => node?.[key], root);
     }
@@ -78,31 +81,36 @@ function laxDateTimes(root, schema, data, path, found) {
     return found;
 }
 
-// Duck-typed like ocpp-rpc's Validator; registering it under 'ocpp1.6' via
-// strictModeValidators replaces the stock one.
-const strictValidator = {
-    subprotocol: PROTOCOL,
-    validate(schemaId, params) {
-        stockValidator.validate(schemaId, params);
-        const root = schemasById.get(schemaId);
-        const bad = root ? laxDateTimes(root, root, params, '', []) : [];
-        if (bad.length) {
-            const errors = bad.map(p => ({
-                instancePath: p,
-                schemaPath: '#/format',
-                keyword: 'format',
-                params: {format: 'date-time'},
-                message: "must be an RFC 3339 date-time ('T' separator and 'Z' or +hh:mm offset)",
-            }));
-            throw createRPCError(
-                'FormatViolation',
-                errors.map(e => `data${e.instancePath} ${e.message}`).join(', '),
-                {errors, data: params},
-            );
-        }
-        return true;
-    },
-};
+// Duck-typed like ocpp-rpc's Validator; registering one per subprotocol via
+// strictModeValidators replaces the stock ones.
+function strictValidatorFor(protocol) {
+    const stock = createValidator(protocol, SCHEMAS[protocol]);
+    const byId = new Map(SCHEMAS[protocol].map(s => [s.$id, s]));
+    return {
+        subprotocol: protocol,
+        validate(schemaId, params) {
+            stock.validate(schemaId, params);
+            const root = byId.get(schemaId);
+            const bad = root ? laxDateTimes(root, root, params, '', []) : [];
+            if (bad.length) {
+                const errors = bad.map(p => ({
+                    instancePath: p,
+                    schemaPath: '#/format',
+                    keyword: 'format',
+                    params: {format: 'date-time'},
+                    message: "must be an RFC 3339 date-time ('T' separator and 'Z' or +hh:mm offset)",
+                }));
+                throw createRPCError(
+                    'FormatViolation',
+                    errors.map(e => `data${e.instancePath} ${e.message}`).join(', '),
+                    {errors, data: params},
+                );
+            }
+            return true;
+        },
+    };
+}
+const validators = Object.fromEntries(PROTOCOLS.map(p => [p, strictValidatorFor(p)]));
 
 // ---------------------------------------------------------------------------
 // Output
@@ -171,9 +179,40 @@ function idTagInfo(idTag) {
     return info;
 }
 
+function idTokenInfo(token) {
+    const value = token?.idToken ?? '';
+    const legacy = idTagInfo(value);
+    const info = {status: legacy.status};
+    if (legacy.parentIdTag !== undefined) {
+        info.groupIdToken = {idToken: legacy.parentIdTag, type: 'Central'};
+    }
+    return info;
+}
+
 let nextTransactionId = 1;
 
-const handlers = {
+const handlers201 = {
+    BootNotification: () => ({
+        status: settings.boot_status,
+        currentTime: nowUtc(),
+        interval: settings.heartbeat_interval,
+    }),
+    Heartbeat: () => ({currentTime: nowUtc()}),
+    Authorize: ({params}) => ({idTokenInfo: idTokenInfo(params.idToken)}),
+    TransactionEvent: ({params}) => (
+        params.idToken !== undefined ? {idTokenInfo: idTokenInfo(params.idToken)} : {}
+    ),
+    MeterValues: () => ({}),
+    StatusNotification: () => ({}),
+    NotifyReport: () => ({}),
+    NotifyEvent: () => ({}),
+    SecurityEventNotification: () => ({}),
+    DataTransfer: () => ({status: 'UnknownVendorId'}),
+    FirmwareStatusNotification: () => ({}),
+    LogStatusNotification: () => ({}),
+};
+
+const handlers16 = {
     BootNotification: () => ({
         status: settings.boot_status,
         currentTime: nowUtc(),
@@ -199,9 +238,9 @@ const handlers = {
 // Connections
 
 const server = new RPCServer({
-    protocols: [PROTOCOL],
+    protocols: PROTOCOLS,
     strictMode: true,
-    strictModeValidators: [strictValidator],
+    strictModeValidators: Object.values(validators),
 });
 
 let nextConnId = 1;
@@ -312,7 +351,7 @@ server.on('client', (client) => {
         emit({event: 'disconnected', identity, conn, code: code ?? null, reason: String(reason ?? '')});
     });
 
-    if (client.protocol !== PROTOCOL) {
+    if (!PROTOCOLS.includes(client.protocol)) {
         emit({
             event: 'bad_message',
             source: 'subprotocol',
@@ -321,13 +360,14 @@ server.on('client', (client) => {
             kind: null, action: null, unique_id: null,
             offered: [...client.handshake.protocols],
             error_code: null,
-            error_message: `charger did not offer the '${PROTOCOL}' subprotocol`,
+            error_message: `charger offered none of ${PROTOCOLS.join(', ')}`,
             errors: null,
         });
-        client.close({code: 1002, reason: `${PROTOCOL} subprotocol required`});
+        client.close({code: 1002, reason: `one of ${PROTOCOLS.join(', ')} required`});
         return;
     }
 
+    const handlers = client.protocol === 'ocpp2.0.1' ? handlers201 : handlers16;
     for (const [action, fn] of Object.entries(handlers)) {
         client.handle(action, (call) => {
             refreshSettings();
@@ -351,7 +391,7 @@ async function doCall({identity, action, payload, timeout}) {
     try {
         // Checked here so that a bad test payload is told apart from a
         // charger's CallError.
-        strictValidator.validate(`urn:${action}.req`, payload);
+        validators[entry.client.protocol].validate(`urn:${action}.req`, payload);
     } catch (err) {
         return {ok: false, error: {type: 'invalid_request', ...errorInfo(err)}};
     }

@@ -250,7 +250,8 @@ class _CsmsChargePoint(_OcppChargePoint):
 
 
 def _token_info(csms: DevCsms, token: dict | None) -> dict:
-    value = (token or {}).get("idToken", "")
+    # ocpp hands nested payloads over with snake_case keys.
+    value = (token or {}).get("id_token", (token or {}).get("idToken", ""))
     if value in csms.rejected_tags:
         status = "Invalid"
     elif value.startswith("BLOCKED"):

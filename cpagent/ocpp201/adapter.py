@@ -86,6 +86,8 @@ ALLOWED_WHILE_PENDING = frozenset({
     "GetVariables", "SetVariables", "GetBaseReport", "GetReport", "TriggerMessage",
     "SetNetworkProfile", "Reset", "DataTransfer", "ChangeAvailability", "ClearCache",
     "GetLocalListVersion", "SendLocalList", "GetTransactionStatus",
+    # Answered, with Rejected: no transaction begins or ends by the CSMS's word before then.
+    "RequestStartTransaction", "RequestStopTransaction",
 })
 _METER_TRIGGERS = {Trigger.METER_VALUE_PERIODIC, Trigger.METER_VALUE_CLOCK, Trigger.TRIGGER}
 _SECURITY_PROFILES = {1, 2}  # 3 (client certificates) arrives with certificate management
@@ -346,10 +348,12 @@ class Ocpp201Adapter:
         self._status_retries[key] = asyncio.get_running_loop().call_later(
             STATUS_RETRY, lambda: self._spawn(self._resend_status(key)))
 
-    async def _resend_status(self, key: tuple[int, int]) -> None:
+    async def _resend_status(self, key: tuple[int, int], force: bool = False) -> None:
         self._status_retries.pop(key, None)
         if not self.is_online:
             return
+        if force:  # asked for: sent even though nothing changed
+            self._statuses_sent.pop(key, None)
         evse_id, connector_id = key
         status, vehicle = await self.host.ask(lambda core, now: (
             core.status(evse_id, connector_id)[0], core.evse(evse_id).pilot.vehicle_present))
@@ -711,6 +715,8 @@ class Ocpp201Adapter:
         return answer
 
     async def _request_stop(self, payload: dict) -> dict:
+        if self.registration is not Registration.ACCEPTED:
+            return {"status": "Rejected"}
         ref = payload["transactionId"]
         stopped = await self.host.ask(lambda core, now: core.remote_stop(ref, now))
         return {"status": "Accepted" if stopped else "Rejected"}
@@ -763,8 +769,9 @@ class Ocpp201Adapter:
                     return {"status": "Rejected",
                             "statusInfo": {"reasonCode": "MissingParam",
                                            "additionalInfo": "evse with connectorId needed"}}
-                self._spawn(self._later(lambda: self._spawn(self._resend_status(
-                    (evse["id"], evse["connectorId"])))))
+                key = (evse["id"], evse["connectorId"])
+                self._spawn(self._later(lambda: self._spawn(self._resend_status(key,
+                                                                                force=True))))
             case "MeterValues":
                 self._spawn(self._later(lambda: self.host.submit(
                     lambda core, now: core.trigger_meter_values(evse_ids, now))))

@@ -24,7 +24,7 @@ TIME_SOURCES = ("Heartbeat", "NTP", "GPS", "RealTimeClock", "MobileNetwork",
                 "RadioTimeTransmitter")
 NETWORK_SLOTS = ("1", "2", "3", "4")
 LOCAL_LIST_MAX = 20_000
-ITEMS_PER_MESSAGE = {"GetReport": 100, "GetVariables": 64, "SetVariables": 64}
+ITEMS_PER_MESSAGE = {"GetReport": 50, "GetVariables": 64, "SetVariables": 64}
 BYTES_PER_MESSAGE = {"GetReport": 65536, "GetVariables": 65536, "SetVariables": 65536}
 SEND_LOCAL_LIST_ITEMS = 1000
 SEND_LOCAL_LIST_BYTES = 262144

@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("CPAGENT_KILLS", "50"))
 
 
-def config_text(folder: Path, url: str, sock: Path) -> str:
+def config_text(folder: Path, url: str, sock: Path, version: str = "1.6") -> str:
     return (
         f'[charge_point]\nid = "CRASH-CP"\n\n'
-        f'[csms]\nurl = "{url}"\nreconnect_initial = 0.1\nreconnect_max = 1\n\n'
+        f'[csms]\nurl = "{url}"\nreconnect_initial = 0.1\nreconnect_max = 1\n'
+        f'ocpp_version = "{version}"\n\n'
         f'[station]\ndata_dir = "{folder}"\ncontrol_socket = "{sock}"\ntime_source = "system"\n'
         '[hardware.meter]\ndriver = "mock"\nspeedup = 50\n\n[logging]\nlevel = "WARNING"\n'
     )
@@ -60,53 +61,63 @@ async def wait_ready(sock: Path, process: asyncio.subprocess.Process) -> None:
     raise AssertionError("the agent did not come online")
 
 
-@pytest.mark.timeout(600)
-async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
+async def kill_loop(tmp_path: Path, csms: DevCsms, version: str, sample_key: dict) -> None:
+    """Start, play a session, kill -9 at a random moment; KILLS times, then one clean life
+    that must drain the queue."""
     rng = random.Random(int(os.environ.get("CPAGENT_SEED", "1")))
     sock = Path(f"/tmp/cpagent-crash-{os.getpid()}.sock")
-    async with DevCsms() as csms:
-        config = tmp_path / "cpagent.toml"
-        config.write_text(config_text(tmp_path, csms.url, sock))
-        for round_ in range(KILLS):
-            agent = await start_agent(config)
-            try:
-                await wait_ready(sock, agent)
-                if round_ == 0:
-                    await csms.call("CRASH-CP", "ChangeConfiguration",
-                                    {"key": "MeterValueSampleInterval", "value": "1"})
-                await control(sock, cmd="sim", action="plug")
-                await control(sock, cmd="sim", action="swipe", value=f"CARD{round_ % 7}")
-                # Die anywhere: before the start is written, mid-send, while charging, while
-                # a stop or meter values are in flight.
-                await asyncio.sleep(rng.uniform(0.0, 1.2))
-                if rng.random() < 0.3:
-                    await control(sock, cmd="sim", action="unplug")
-                    await asyncio.sleep(rng.uniform(0.0, 0.2))
-            finally:
-                agent.send_signal(signal.SIGKILL)
-                await agent.wait()
-        # One last life, long enough to close what the last kill left open and drain the queue.
+    config = tmp_path / "cpagent.toml"
+    config.write_text(config_text(tmp_path, csms.url, sock, version))
+    for round_ in range(KILLS):
         agent = await start_agent(config)
         try:
             await wait_ready(sock, agent)
-            for _ in range(400):
-                status = await control(sock, cmd="status")
-                if status["queue"]["durable"] == 0:
-                    break
-                await asyncio.sleep(0.025)
-            assert status["queue"]["durable"] == 0
+            if round_ == 0:
+                await csms.call("CRASH-CP", *sample_key.values())
+            await control(sock, cmd="sim", action="plug")
+            await control(sock, cmd="sim", action="swipe", value=f"CARD{round_ % 7}")
+            # Die anywhere: before the start is written, mid-send, while charging, while
+            # an end or meter values are in flight.
+            await asyncio.sleep(rng.uniform(0.0, 1.2))
+            if rng.random() < 0.3:
+                await control(sock, cmd="sim", action="unplug")
+                await asyncio.sleep(rng.uniform(0.0, 0.2))
         finally:
-            agent.terminate()
+            agent.send_signal(signal.SIGKILL)
             await agent.wait()
+    # One last life, long enough to close what the last kill left open and drain the queue.
+    agent = await start_agent(config)
+    try:
+        await wait_ready(sock, agent)
+        for _ in range(400):
+            status = await control(sock, cmd="status")
+            if status["queue"]["durable"] == 0:
+                break
+            await asyncio.sleep(0.025)
+        assert status["queue"]["durable"] == 0
+        assert status["queue"]["dead_letters"] == 0
+    finally:
+        agent.send_signal(signal.SIGKILL)  # no clean stop: it would end what the ledger sees
+        await agent.wait()
 
-        # The charger's ledger: its transactions, and the 1.6 id the CSMS gave each.
-        rows = sqlite3.connect(tmp_path / "cpagent.db").execute(
-            "SELECT t.ref, json_extract(a.value, '$.transaction_id'), t.meter_start_wh,"
-            " t.meter_stop_wh, t.stop_reason FROM transactions t LEFT JOIN adapter_state a"
-            " ON a.protocol = '1.6' AND a.kind = 'tx' AND a.key = t.ref"
-            " ORDER BY t.started_at").fetchall()
+
+def charger_ledger(folder: Path) -> list[tuple]:
+    # The charger's ledger: its transactions, and the 1.6 id the CSMS gave each.
+    rows = sqlite3.connect(folder / "cpagent.db").execute(
+        "SELECT t.ref, json_extract(a.value, '$.transaction_id'), t.meter_start_wh,"
+        " t.meter_stop_wh, t.stop_reason FROM transactions t LEFT JOIN adapter_state a"
+        " ON a.protocol = '1.6' AND a.kind = 'tx' AND a.key = t.ref"
+        " ORDER BY t.started_at").fetchall()
+    return rows
+
+
+@pytest.mark.timeout(600)
+async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
+    async with DevCsms() as csms:
+        await kill_loop(tmp_path, csms, "1.6", {"action": "ChangeConfiguration", "payload": {
+            "key": "MeterValueSampleInterval", "value": "1"}})
         charger = [(ref, tx_id, start, stop, stop_reason(StopReason(reason)) if reason
-                    else None) for ref, tx_id, start, stop, reason in rows]
+                    else None) for ref, tx_id, start, stop, reason in charger_ledger(tmp_path)]
         # The CSMS side, with resent messages (same id) counted once.
         starts: dict[str, object] = {}
         stops: dict[str, object] = {}
@@ -122,9 +133,9 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
 
     assert len(charger) >= KILLS // 3, "too few sessions got going to mean anything"
     assert sorted(started) == sorted(row[1] for row in charger)
-    for local_id, csms_id, meter_start, meter_stop, reason in charger:
-        assert csms_id is not None, f"transaction {local_id} never reached the CSMS"
-        assert meter_stop is not None, f"transaction {local_id} was never stopped"
+    for ref, csms_id, meter_start, meter_stop, reason in charger:
+        assert csms_id is not None, f"transaction {ref} never reached the CSMS"
+        assert meter_stop is not None, f"transaction {ref} was never stopped"
         assert len(stopped.get(csms_id, [])) == 1, f"transaction {csms_id} stopped " \
                                                    f"{len(stopped.get(csms_id, []))} times"
         stop = stopped[csms_id][0]
@@ -134,3 +145,40 @@ async def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path):
         assert stop.payload["reason"] == reason
         assert csms.records.index(started[csms_id]) < csms.records.index(stop)
     assert any(row[4] == "PowerLoss" for row in charger)
+
+
+@pytest.mark.timeout(600)
+async def test_kill_9_in_201_leaves_every_transaction_event_once_and_in_sequence(tmp_path):
+    async with DevCsms(subprotocols=("ocpp2.0.1",)) as csms:
+        await kill_loop(tmp_path, csms, "2.0.1", {"action": "SetVariables", "payload": {
+            "setVariableData": [{"component": {"name": "SampledDataCtrlr"},
+                                 "variable": {"name": "TxUpdatedInterval"},
+                                 "attributeValue": "1"}]}})
+        charger = charger_ledger(tmp_path)
+        # The CSMS side, resent messages (same id) counted once.
+        seen: dict[str, dict] = {}
+        for record in csms.calls("TransactionEvent"):
+            seen.setdefault(record.unique_id, record.payload)
+        by_tx: dict[str, list[dict]] = {}
+        for payload in seen.values():
+            by_tx.setdefault(payload["transactionInfo"]["transactionId"], []).append(payload)
+
+    assert len(charger) >= KILLS // 3, "too few sessions got going to mean anything"
+    assert sorted(by_tx) == sorted(row[0] for row in charger)
+    for ref, _, meter_start, meter_stop, reason in charger:
+        got = by_tx[ref]
+        seqs = sorted(e["seqNo"] for e in got)
+        assert seqs == list(range(len(seqs))), f"{ref}: seqNo with gaps or repeats {seqs}"
+        kinds = [e["eventType"] for e in sorted(got, key=lambda e: e["seqNo"])]
+        assert kinds[0] == "Started" and kinds[-1] == "Ended", (ref, kinds)
+        assert kinds.count("Started") == kinds.count("Ended") == 1, (ref, kinds)
+        ended = max(got, key=lambda e: e["seqNo"])
+        energy = [v for m in ended.get("meterValue", []) for v in m["sampledValue"]
+                  if v["context"] == "Transaction.End"]
+        if energy:  # no reading at the end of a session cut by a power loss
+            assert energy[-1]["value"] == round(meter_stop, 3)
+        expected = {"power_loss": "PowerLoss", "local": "Local",
+                    "ev_disconnected": "EVDisconnected"}[reason]
+        assert ended["transactionInfo"]["stoppedReason"] == expected
+        assert meter_start <= meter_stop
+    assert any(row[4] == "power_loss" for row in charger)

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Start a local CSMS on 127.0.0.1 and the agent on mock hardware, play a "
                     "charging session and print the OCPP messages. Needs no file, no hardware.")
     demo.add_argument("--fast", action="store_true", help="shorter pauses between the steps")
+    demo.add_argument("--ocpp", choices=["1.6", "2.0.1"], default="1.6",
+                      help="the OCPP version the charger and the local CSMS speak (default 1.6)")
 
     def socket_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--socket", type=Path, help="control socket of the running agent")
@@ -55,6 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("value", nargs="?", help="card id for swipe, fault code, up/down")
     sim.add_argument("--connector", type=int, help="connector number (default 1)")
     socket_options(sim)
+
+    queue = commands.add_parser(
+        "queue", help="the transaction messages the CSMS refused for good (dead letters)",
+        description="dead-letters: list what the CSMS refused TransactionMessageAttempts "
+                    "(1.6) or MessageAttemptsTransactionEvent (2.0.1) times, with the refusal; "
+                    "retry: put them back in the queue, in their order, to be sent again.")
+    queue.add_argument("action", choices=["dead-letters", "retry"])
+    queue.add_argument("--json", action="store_true", help="machine-readable output")
+    socket_options(queue)
 
     hw_test = commands.add_parser(
         "hw-test", help="check every configured device with the installer watching",
@@ -86,11 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         case "demo":
             from cpagent.demo import main as demo_main
 
-            return demo_main(pace=0.3 if args.fast else 1.0)
+            return demo_main(pace=0.3 if args.fast else 1.0, version=args.ocpp)
         case "status":
             return _status(args)
         case "sim":
             return _sim(args)
+        case "queue":
+            return _queue(args)
         case "hw-test":
             from cpagent.hwtest import hw_test_main
 
@@ -160,7 +173,13 @@ def _status(args: argparse.Namespace) -> int:
             line += f"  session {tx['transaction_id'] or 'pending'} for {tx['id_tag']}"
         print(line)
     queue = answer["queue"]
-    print(f"  queue  {queue['durable']} transaction message(s) waiting")
+    print(f"  queue  {queue['durable']} transaction message(s) waiting"
+          + (f", {queue['dead_letters']} refused for good (cpagent queue dead-letters)"
+             if queue.get("dead_letters") else ""))
+    storage = answer.get("storage") or {}
+    if storage.get("disk_full"):
+        print("  disk   FULL: meter samples are not kept; transaction starts are refused until "
+              "space is freed in the data directory")
     if answer["last_error"]:
         print(f"  last error: {answer['last_error']}")
     return 0
@@ -173,6 +192,26 @@ def _sim(args: argparse.Namespace) -> int:
     answer = _ask(args, {"cmd": "sim", "action": args.action, "value": args.value,
                          "connector": args.connector})
     return 0 if answer is not None else 1
+
+
+def _queue(args: argparse.Namespace) -> int:
+    answer = _ask(args, {"cmd": "queue", "action": args.action})
+    if answer is None:
+        return 1
+    answer.pop("ok", None)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    if args.action == "retry":
+        print(f"{answer['requeued']} dead letter(s) put back in the queue")
+        return 0
+    letters = answer["dead_letters"]
+    if not letters:
+        print("no dead letters: the CSMS has refused nothing for good")
+    for letter in letters:
+        print(f"  #{letter['seq']}  {letter['failed_at']}  {letter['kind']} "
+              f"({letter['protocol']}, transaction {letter['transaction']}): {letter['reason']}")
+    return 0
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

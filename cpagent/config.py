@@ -426,11 +426,11 @@ def load_config(path: str | os.PathLike) -> Config:
     return dataclasses.replace(config, source=path)
 
 
-def demo_config(data_dir: Path, csms_url: str) -> Config:
+def demo_config(data_dir: Path, csms_url: str, ocpp_version: str = "1.6") -> Config:
     """The all-mock configuration `cpagent demo` runs on."""
     return parse_config({
         "charge_point": {"id": "DEMO-CP-1", "vendor": "cpagent", "model": "demo"},
-        "csms": {"url": csms_url},
+        "csms": {"url": csms_url, "ocpp_version": ocpp_version},
         "station": {"connectors": 2, "data_dir": os.fspath(data_dir)},
         # Energy fast-forwarded, so a few seconds of charging show real figures.
         "hardware": {"meter": {"driver": "mock", "speedup": 120}},

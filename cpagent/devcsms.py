@@ -365,6 +365,8 @@ class DevCsms:
         self._last_transaction_id = 0
         self.transaction_ids: dict[str, int] = {}  # StartTransaction message id -> its id
         self.fail_calls: dict[str, int] = {}  # action -> how many to answer with a CallError
+        # identity -> the close code each ended connection got from the charger (1006: none)
+        self.close_codes: dict[str, list[int | None]] = {}
         self._server: Server | None = None
         self._sessions: dict[str, _Session] = {}
         # (identity, direction of the call, unique id) -> action, to name results/errors.
@@ -487,6 +489,7 @@ class DevCsms:
         finally:
             if self._sessions.get(identity) is session:
                 del self._sessions[identity]
+            self.close_codes.setdefault(identity, []).append(ws.close_code)
             session.closed.set()
             log.info("%s: disconnected", identity)
             self._notify()

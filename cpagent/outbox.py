@@ -165,10 +165,20 @@ class Outbox:
 
     async def _forget(self, seq: int) -> None:
         # One delete in flight: the previous one is durable before this one starts, so at
-        # most the entry just finished can be sent again after a crash.
-        if self._deleting is not None:
-            await asyncio.shield(self._deleting)
-        self._deleting = asyncio.ensure_future(self._store.outbox_done_upto(seq))
+        # most the entry just finished can be sent again after a crash. The delete is
+        # scheduled before the first await, so a cancelled sender (the link closing) cannot
+        # lose it; flush() waits for the chain.
+        previous = self._deleting
+
+        async def delete() -> None:
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous
+            await self._store.outbox_done_upto(seq)
+
+        self._deleting = asyncio.ensure_future(delete())
+        if previous is not None:
+            await asyncio.shield(previous)
 
     async def flush(self) -> None:
         """Wait until delivered entries are deleted from the store."""

@@ -87,6 +87,12 @@ class Ocpp16(Dialect):
     def reset_reason(self) -> str:
         return "SoftReset"
 
+    async def set_attempts(self, attempts: int) -> None:
+        """How often a transaction message is tried before the CSMS's refusal is final."""
+        assert await self.call("ChangeConfiguration", {
+            "key": "TransactionMessageAttempts", "value": str(attempts)}) == {
+                "status": "Accepted"}
+
     async def sample_every_second(self) -> None:
         assert await self.call("ChangeConfiguration", {
             "key": "MeterValueSampleInterval", "value": "1"}) == {"status": "Accepted"}
@@ -148,19 +154,19 @@ class Ocpp201(Dialect):
                 Fault.OVER_CURRENT: "OvercurrentFault"}.get(fault, "Other")
 
     @staticmethod
-    def _energy(record: Any) -> float:
+    def _energy(record: Any, context: str) -> float:
         for value in record.payload.get("meterValue", []):
             for sampled in value["sampledValue"]:
                 if sampled.get("measurand", "Energy.Active.Import.Register") == \
-                        "Energy.Active.Import.Register":
+                        "Energy.Active.Import.Register" and sampled.get("context") == context:
                     return sampled["value"]
-        raise AssertionError(f"no energy reading in {record.payload}")
+        raise AssertionError(f"no {context} energy reading in {record.payload}")
 
     def meter_start(self, start: Any) -> float:
-        return self._energy(start)
+        return self._energy(start, "Transaction.Begin")
 
     def meter_stop(self, end: Any) -> float:
-        return self._energy(end)
+        return self._energy(end, "Transaction.End")
 
     def transaction_id(self, start: Any) -> Any:
         return start.payload["transactionInfo"]["transactionId"]
@@ -183,6 +189,13 @@ class Ocpp201(Dialect):
 
     def reset_reason(self) -> str:
         return "ImmediateReset"
+
+    async def set_attempts(self, attempts: int) -> None:
+        answer = await self.call("SetVariables", {"setVariableData": [{
+            "component": {"name": "OCPPCommCtrlr"},
+            "variable": {"name": "MessageAttemptsTransactionEvent"},
+            "attributeValue": str(attempts)}]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
 
     async def sample_every_second(self) -> None:
         answer = await self.call("SetVariables", {"setVariableData": [{

@@ -7,6 +7,8 @@ import contextlib
 import datetime as dt
 import ipaddress
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,34 @@ from cpagent.config import Config, parse_config
 from cpagent.devcsms import DevCsms
 from cpagent.ocpp16.vocabulary import STATUS
 from hal.mock import MockStation
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpagent(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cpagent", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+async def acpagent(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cpagent", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    return process.returncode or 0, out.decode(), err.decode()
+
+
+def write_config(folder: Path, url: str, extra: str = "", ocpp_version: str = "1.6") -> Path:
+    """A configuration file for a `cpagent run` process; `extra` goes after [station]."""
+    path = folder / "cpagent.toml"
+    path.write_text(
+        f'[charge_point]\nid = "CLI-CP"\n\n[csms]\nurl = "{url}"\nreconnect_initial = 0.2\n'
+        f'ocpp_version = "{ocpp_version}"\n\n'
+        f'[station]\nconnectors = 2\ndata_dir = "{folder}"\n'
+        f'control_socket = "/tmp/cpagent-cli-{os.getpid()}.sock"\ntime_source = "system"\n'
+        + extra
+    )
+    return path
 
 
 def make_config(data_dir: Path, url: str, **sections: dict[str, Any]) -> Config:

@@ -4,47 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from harness import ROOT, acpagent, cpagent, write_config
 
 from cpagent import __version__
 from cpagent.cli import EX_CONFIG
 from cpagent.devcsms import DevCsms
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def cpagent(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cpagent", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-
-
-async def acpagent(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cpagent", *args, cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(process.communicate(), 30)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
-def write_config(folder: Path, url: str, extra: str = "") -> Path:
-    path = folder / "cpagent.toml"
-    path.write_text(
-        f'[charge_point]\nid = "CLI-CP"\n\n[csms]\nurl = "{url}"\nreconnect_initial = 0.2\n\n'
-        f'[station]\nconnectors = 2\ndata_dir = "{folder}"\n'
-        f'control_socket = "/tmp/cpagent-cli-{os.getpid()}.sock"\ntime_source = "system"\n'
-        + extra
-    )
-    return path
-
 
 def test_version_and_help_on_every_command():
     assert cpagent("--version").stdout.strip() == f"cpagent {__version__}"
-    for command in ([], ["run"], ["demo"], ["status"], ["sim"], ["hw-test"], ["config"],
+    for command in ([], ["run"], ["demo"], ["status"], ["sim"], ["queue"], ["hw-test"],
+                    ["config"],
                     ["config", "check"]):
         result = cpagent(*command, "--help")
         assert result.returncode == 0, command
@@ -133,3 +106,15 @@ def test_demo_runs_a_session_and_exits_0_within_a_minute():
                    "StopTransaction"):
         assert action in result.stdout
     assert "Session done: transaction 1" in result.stdout
+
+
+@pytest.mark.timeout(90)
+def test_demo_in_2_0_1_plays_the_same_session_in_transaction_events():
+    result = cpagent("demo", "--fast", "--ocpp", "2.0.1", timeout=60)
+    assert result.returncode == 0, result.stderr
+    for text in ("BootNotification", "SetVariables", "Authorize", '"eventType":"Started"',
+                 '"triggerReason":"MeterValuePeriodic"', '"eventType":"Ended"'):
+        assert text in result.stdout
+    assert "StartTransaction" not in result.stdout
+    done = [line for line in result.stdout.splitlines() if "Session done" in line]
+    assert done and "stopped by Local" in done[0] and " 0.00 kWh" not in done[0]

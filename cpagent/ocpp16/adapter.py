@@ -235,7 +235,7 @@ class Ocpp16Adapter:
         # the connector's status as it is now.
         self._statuses_sent.pop(connector_id, None)
         quiet.warning(f"status-{connector_id}", "the CSMS refused StatusNotification of "
-                      "connector %d (%s); sending the current status again in %.0f s",
+                      "connector %d (%s); sending the current status again in %g s",
                       connector_id, exc, STATUS_RETRY)
         old = self._status_retries.pop(connector_id, None)
         if old is not None:

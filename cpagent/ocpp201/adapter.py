@@ -43,6 +43,7 @@ from cpagent.host import (
     Message,
     Registration,
     RetryPolicy,
+    Undeliverable,
 )
 from cpagent.logs import RateLimited
 from cpagent.ocpp201.device_model import (
@@ -177,6 +178,7 @@ class Ocpp201Adapter:
         self._slots: dict[str, dict] = {}
         self._tasks: set[asyncio.Task] = set()
         self._delivered_any: set[str] = set()  # transactions this CSMS has heard of
+        self._held: dict[str, str] = {}  # transaction -> its event the CSMS refused for good
         self._statuses_sent: dict[tuple[int, int], str] = {}
         self._problems: dict[tuple[int, int], tuple[Fault | None, str]] = {}
         self._status_retries: dict[tuple[int, int], asyncio.TimerHandle] = {}
@@ -207,6 +209,7 @@ class Ocpp201Adapter:
         self.model.own = {k: v for k, v in (await self.host.storage.variables()).items()
                           if k in known}
         self._delivered_any = set(await self.host.storage.states("tx"))
+        self._held = {ref: uid for ref, uid in (await self.host.storage.states("held")).items()}
         self._slots = await self.host.storage.states("network")
         self._apply_network()
 
@@ -340,7 +343,7 @@ class Ocpp201Adapter:
         # Status is state, not history: the CSMS must end up with the status as it is now.
         self._statuses_sent.pop(key, None)
         quiet.warning(f"status-{key}", "the CSMS refused StatusNotification of EVSE %d "
-                      "connector %d (%s); sending the current status again in %.0f s",
+                      "connector %d (%s); sending the current status again in %g s",
                       *key, exc, STATUS_RETRY)
         old = self._status_retries.pop(key, None)
         if old is not None:
@@ -439,6 +442,16 @@ class Ocpp201Adapter:
         if entry.kind != TRANSACTION_EVENT:
             log.warning("no OCPP 2.0.1 message for a queued %s record; skipped", entry.kind)
             return []
+        held = self._held.get(entry.tx_ref) if entry.tx_ref is not None else None
+        if held == entry.unique_id:
+            # The operator sent the refused event back (`cpagent queue retry`): the ones
+            # behind it may follow once it is through.
+            del self._held[entry.tx_ref]
+            await self.host.storage.put_state("held", entry.tx_ref, None)
+        elif held is not None:
+            # seqNo order: an event never overtakes its transaction's refused one.
+            raise Undeliverable(f"transaction {entry.tx_ref} waits behind its event "
+                                f"{held}, which the CSMS refused")
         event = shifted(event_from_json(entry.record), shift)
         return [Message("TransactionEvent", self._transaction_event(event))]
 
@@ -513,7 +526,14 @@ class Ocpp201Adapter:
                                                                                   now))
 
     def final_refusal(self, entry: OutboxEntry, message: Message) -> str | None:
-        return "kept for the operator"
+        if entry.tx_ref is None:
+            return "kept for the operator"
+        if entry.tx_ref not in self._held:
+            # Remembered, also across restarts, so that the transaction's later events wait
+            # with it in the dead letters and go out after it, in seqNo order.
+            self._held[entry.tx_ref] = entry.unique_id
+            self._spawn(self.host.storage.put_state("held", entry.tx_ref, entry.unique_id))
+        return "its transaction's later events wait with it"
 
     # ---- device model ------------------------------------------------------------------------
 

@@ -185,14 +185,14 @@ def _check_directory(directory: Path) -> None:
 
 
 class Store:
-    def __init__(self, path: Path, *, lock_wait: float = LOCK_WAIT,
+    def __init__(self, path: Path, *, lock_wait: float | None = None,
                  reserve_bytes: int = RESERVE_BYTES) -> None:
         self.path = path
         _check_directory(path.parent)
         self.reserve = SpaceReserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self.recovery: Recovery | None = None
         self.space_short = not self.reserve.take()
-        self._db = self._open_waiting(path, lock_wait)
+        self._db = self._open_waiting(path, LOCK_WAIT if lock_wait is None else lock_wait)
 
     # ---- opening -----------------------------------------------------------------------------
 

@@ -41,8 +41,8 @@ class Ocpp16(Dialect):
             "StartTransaction", after=after,
             predicate=lambda p: evse is None or p["connectorId"] == evse)
 
-    async def wait_end(self, after: int = 0):
-        return await self.peer.wait_for_call("StopTransaction", after=after)
+    async def wait_end(self, after: int = 0, timeout: float = 5):
+        return await self.peer.wait_for_call("StopTransaction", after=after, timeout=timeout)
 
     async def wait_charging(self, evse: int = 1, after: int = 0):
         return await self.wait_status("Charging", evse, after)
@@ -135,8 +135,8 @@ class Ocpp201(Dialect):
         return await self.peer.wait_for_call("TransactionEvent", after=after,
                                              predicate=self._event("Started", evse))
 
-    async def wait_end(self, after: int = 0):
-        return await self.peer.wait_for_call("TransactionEvent", after=after,
+    async def wait_end(self, after: int = 0, timeout: float = 5):
+        return await self.peer.wait_for_call("TransactionEvent", after=after, timeout=timeout,
                                              predicate=self._event("Ended"))
 
     async def wait_charging(self, evse: int = 1, after: int = 0):

@@ -8,6 +8,7 @@ closed and the vehicle draws power, so sessions report believable figures.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ class MockPilot:
         self._emit: EventSink = _discard
         self._state = PilotState.A
         self.current_limit = 0.0
+        self.hung = False  # a board that stopped answering: commands wait until it answers
 
     async def start(self, emit: EventSink) -> None:
         self._emit = emit
@@ -59,6 +61,8 @@ class MockPilot:
         return self._state
 
     async def set_current_limit(self, amps: float) -> None:
+        while self.hung:
+            await asyncio.sleep(0.01)
         self.current_limit = amps
         self.update()
 

@@ -12,12 +12,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def write_config(url: str, connectors: int = 1, identity: str = "BENCH-CP") -> Path:
+VERSIONS = ("1.6", "2.0.1")
+SUBPROTOCOLS = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1"}
+
+
+def write_config(url: str, connectors: int = 1, identity: str = "BENCH-CP",
+                 version: str = "1.6") -> Path:
     folder = Path(tempfile.mkdtemp(prefix="cpagent-bench-"))
     path = folder / "cpagent.toml"
     path.write_text(
         f'[charge_point]\nid = "{identity}"\n\n'
-        f'[csms]\nurl = "{url}"\n\n'
+        f'[csms]\nurl = "{url}"\nocpp_version = "{version}"\n\n'
         f'[station]\nconnectors = {connectors}\ndata_dir = "{folder}"\n'
         f'control_socket = "{folder}/c.sock"\ntime_source = "system"\n\n'
         '[logging]\nlevel = "WARNING"\n'
@@ -41,3 +46,13 @@ def agent_command(config: Path) -> list[str]:
 
 def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def beside(name: str, figures: dict[str, float], unit: str, lower_is_better: bool = True,
+           limit: float = 1.1) -> str:
+    """One line: the 1.6 and 2.0.1 figures and their ratio against the allowed one."""
+    old, new = figures["1.6"], figures["2.0.1"]
+    ratio = new / old if lower_is_better else old / new
+    verdict = "ok" if ratio <= limit else "OVER"
+    return (f"{name}: 1.6 {old:.3f} {unit}, 2.0.1 {new:.3f} {unit}; 2.0.1 / 1.6 = "
+            f"{ratio:.2f} (limit {limit}) {verdict}")

@@ -24,7 +24,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def _answer(action: str) -> dict:
+def _answer(action: str, version: str | None) -> dict:
     if action == "BootNotification":
         return {"status": "Accepted", "currentTime": _now(), "interval": 300}
     if action == "Heartbeat":
@@ -32,20 +32,24 @@ def _answer(action: str) -> dict:
     if action == "StartTransaction":
         return {"transactionId": next(_ids), "idTagInfo": {"status": "Accepted"}}
     if action == "Authorize":
-        return {"idTagInfo": {"status": "Accepted"}}
+        key = "idTokenInfo" if version == "ocpp2.0.1" else "idTagInfo"
+        return {key: {"status": "Accepted"}}
     return {}
 
 
 async def _handler(connection) -> None:
+    version = connection.subprotocol
     with contextlib.suppress(ConnectionClosed):
         async for text in connection:
             frame = json.loads(text)
             if frame[0] == 2:
-                await connection.send(json.dumps([3, frame[1], _answer(frame[2])]))
+                await connection.send(json.dumps([3, frame[1], _answer(frame[2], version)]))
 
 
 async def main() -> None:
-    async with serve(_handler, "127.0.0.1", 0, subprotocols=["ocpp1.6"]) as server:
+    # The charger offers one version in these benchmarks: the server takes it.
+    async with serve(_handler, "127.0.0.1", 0,
+                     subprotocols=["ocpp1.6", "ocpp2.0.1"]) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 

@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 import sys
 
-from _common import agent_command, env, write_config
+from _common import SUBPROTOCOLS, VERSIONS, agent_command, beside, env, write_config
 
 from cpagent.devcsms import DevCsms
 
@@ -33,13 +33,13 @@ def bare_rss() -> int:
     return int(subprocess.check_output([sys.executable, "-c", code], text=True))
 
 
-async def agent_rss(seconds: float) -> int:
-    async with DevCsms() as csms:
-        config = write_config(csms.url, connectors=2)
+async def agent_rss(seconds: float, version: str = "1.6") -> int:
+    async with DevCsms(subprotocols=(SUBPROTOCOLS[version],)) as csms:
+        config = write_config(csms.url, connectors=2, version=version)
         process = await asyncio.create_subprocess_exec(*agent_command(config), env=env())
         try:
-            await csms.wait_for_call("StatusNotification", predicate=lambda p:
-                                     p["connectorId"] == 2, timeout=30)
+            await csms.wait_for_call("StatusNotification", predicate=lambda p: p.get(
+                "evseId", p.get("connectorId")) == 2, timeout=30)
             await asyncio.sleep(seconds)
             return rss_kib(process.pid)
         finally:
@@ -51,11 +51,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
-    agent = asyncio.run(agent_rss(args.seconds))
     bare = bare_rss()
-    print(f"idle RSS after {args.seconds:.0f} s connected, 2 connectors: agent {agent / 1024:.1f} "
-          f"MiB, bare import of the same dependencies {bare / 1024:.1f} MiB; ratio "
-          f"{agent / bare:.2f} (target <= {TARGET})")
+    figures = {}
+    for version in VERSIONS:
+        agent = asyncio.run(agent_rss(args.seconds, version))
+        figures[version] = agent / 1024
+        print(f"OCPP {version}: idle RSS after {args.seconds:.0f} s connected, 2 connectors: "
+              f"agent {agent / 1024:.1f} MiB, bare import of the same dependencies "
+              f"{bare / 1024:.1f} MiB; ratio {agent / bare:.2f} (target <= {TARGET})")
+    print(beside("idle RSS", figures, "MiB"))
 
 
 if __name__ == "__main__":

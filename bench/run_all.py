@@ -8,5 +8,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-for script in ("startup.py", "tap_to_contactor.py", "memory.py", "durable_queue.py"):
-    subprocess.run([sys.executable, str(HERE / script)], check=False)
+for script in ("versions.py", "startup.py", "tap_to_contactor.py", "memory.py",
+               "durable_queue.py", "fault_to_contactor.py", "full_inventory.py",
+               "hostile_frames.py"):
+    if (HERE / script).exists():
+        subprocess.run([sys.executable, str(HERE / script)], check=False)

@@ -9,18 +9,18 @@ import argparse
 import asyncio
 import time
 
-from _common import agent_command, env, median, write_config
+from _common import SUBPROTOCOLS, VERSIONS, agent_command, beside, env, median, write_config
 
 from cpagent.devcsms import DevCsms
 
 TARGET = 0.8
 
 
-async def measure(runs: int) -> list[float]:
+async def measure(runs: int, version: str = "1.6") -> list[float]:
     figures = []
-    async with DevCsms() as csms:
+    async with DevCsms(subprotocols=(SUBPROTOCOLS[version],)) as csms:
         for n in range(runs):
-            config = write_config(csms.url, identity=f"BENCH-{n}")
+            config = write_config(csms.url, identity=f"BENCH-{n}", version=version)
             mark = csms.mark()
             began = time.monotonic()
             process = await asyncio.create_subprocess_exec(*agent_command(config), env=env())
@@ -38,11 +38,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
-    figures = asyncio.run(measure(args.runs))
-    value = median(figures)
-    print(f"cold start to BootNotification: median {value:.3f} s over {len(figures)} runs "
-          f"(min {min(figures):.3f}, max {max(figures):.3f}); target <= {TARGET} s; "
-          f"ratio {value / TARGET:.2f} of target")
+    medians = {}
+    for version in VERSIONS:
+        figures = asyncio.run(measure(args.runs, version))
+        value = medians[version] = median(figures)
+        print(f"OCPP {version}: cold start to BootNotification: median {value:.3f} s over "
+              f"{len(figures)} runs (min {min(figures):.3f}, max {max(figures):.3f}); target "
+              f"<= {TARGET} s; ratio {value / TARGET:.2f} of target")
+    print(beside("cold start", medians, "s"))
 
 
 if __name__ == "__main__":

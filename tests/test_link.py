@@ -229,3 +229,51 @@ async def test_wss_with_the_csms_ca_and_basic_auth(tmp_path, start_agent):
             await asyncio.sleep(0.01)
         assert "CERTIFICATE_VERIFY_FAILED" in stranger.agent.transport.last_error
         assert len(secure.calls("BootNotification")) == 1
+
+
+async def test_last_error_says_why_the_link_went_and_clears_on_a_good_connection(
+        csms, start_agent):
+    cp = await start_agent()
+    await booted(csms)
+    assert cp.agent.snapshot()["connection"]["last_error"] is None
+    csms.boot_status = "Accepted"
+    await csms.stop()  # the CSMS goes away: its side closes, then nobody listens
+    while cp.agent.transport.state == "connected":
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)  # a reconnect attempt or two fail
+    error = cp.agent.snapshot()["connection"]["last_error"]
+    assert error and ("closed the link" in error or "Connect" in error or "refused" in error)
+    await csms.start()  # back on the same port
+    await csms.wait_connected("CP-TEST", timeout=10)
+    while cp.agent.transport.state != "connected":
+        await asyncio.sleep(0.01)
+    assert cp.agent.snapshot()["connection"]["last_error"] is None
+
+
+async def test_an_unanswered_boot_notification_is_explained_in_status(csms, start_agent):
+    csms.respond = False
+    cp = await start_agent(csms={"call_timeout": 1})
+    await csms.wait_for_call("BootNotification")
+    for _ in range(300):
+        if "BootNotification" in (cp.agent.snapshot()["last_error"] or ""):
+            break
+        await asyncio.sleep(0.01)
+    assert "BootNotification unanswered" in cp.agent.snapshot()["last_error"]
+
+
+async def test_the_backoff_starts_afresh_after_a_link_that_stayed_up(csms, start_agent):
+    cp = await start_agent(csms={"reconnect_initial": 0.2, "reconnect_max": 3.2})
+    cp.agent.transport.settings.stable_after = 1.0
+    await booted(csms)
+
+    async def drop_and_time() -> float:
+        began = time.monotonic()
+        await csms.drop("CP-TEST")
+        await csms.wait_connected("CP-TEST", timeout=10)
+        return time.monotonic() - began
+
+    # Links that die at once: each wait doubles (with jitter between half and all of it).
+    waits = [await drop_and_time() for _ in range(5)]
+    assert waits[-1] >= 1.6 - 0.05, waits  # 0.2 * 2**4, jittered down by half at most
+    await asyncio.sleep(1.1)  # this link counts as healthy
+    assert await drop_and_time() < 0.2 + 0.3  # the first wait again, not 3.2 s

@@ -170,3 +170,39 @@ def test_ntp_after_the_csms_time_takes_over_and_neither_step_bends_the_clock():
     synced[0] = True
     assert clock.check_system() is None  # already trusted: no stamps to move
     assert abs(clock.now() - (real + 10)) < 1e-6  # the system clock took over, same time
+
+
+def test_whole_second_heartbeat_times_never_step_the_clock_back():
+    real = 1_780_000_000.25
+    mono = [0.0]
+    clock = Clock("csms", wall=lambda: 0.0, synchronised=lambda: False,
+                  monotonic=lambda: mono[0])
+    assert clock.csms_time(real) is not None  # BootNotification.conf, with milliseconds
+    stamps = [clock.now()]
+    for _ in range(200):
+        mono[0] += 0.7
+        stamps.append(clock.now())
+        # Heartbeat.conf in whole seconds: up to a second behind the true time.
+        clock.csms_time(float(int(real + mono[0])))
+        stamps.append(clock.now())
+    assert stamps == sorted(stamps)
+    assert abs(clock.now() - (real + mono[0])) < 1e-6  # jitter ignored, not taken in
+
+
+def test_a_clock_found_ahead_of_the_csms_is_slowed_not_stepped_back():
+    real = 1_780_000_000.0
+    mono = [0.0]
+    clock = Clock("csms", wall=lambda: 0.0, synchronised=lambda: False,
+                  monotonic=lambda: mono[0])
+    clock.csms_time(real)
+    mono[0] += 100
+    clock.csms_time(real + 100 - 5)  # the CSMS says we are 5 s ahead
+    stamps = []
+    for _ in range(600):
+        stamps.append(clock.now())
+        mono[0] += 0.1
+    assert stamps == sorted(stamps)
+    assert abs(clock.now() - (real + mono[0] - 5)) < 1e-6  # made up by slewing at 10 %
+    mono[0] += 10
+    clock.csms_time(real + mono[0] - 5 + 3)  # and a clock behind moves forward at once
+    assert abs(clock.now() - (real + mono[0] - 2)) < 1e-6

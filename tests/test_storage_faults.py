@@ -387,3 +387,66 @@ async def _disk_full(config: Path) -> dict | None:
 async def _disk_ok(config: Path) -> dict | None:
     status = await status_of(config)
     return status if not status["storage"]["disk_full"] else None
+
+
+# ---- a really damaged file: moved aside, told, and what it held carried over --------------------
+
+
+def _damage_one_table(db: Path) -> None:
+    """Break the pages of a table no session lives in, as a failing SD card might."""
+    raw = sqlite3.connect(db)
+    raw.execute("CREATE TABLE scratch (payload BLOB)")
+    raw.executemany("INSERT INTO scratch VALUES (?)", [(os.urandom(3000),) for _ in range(40)])
+    raw.commit()
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page_size = raw.execute("PRAGMA page_size").fetchone()[0]
+    root = raw.execute("SELECT rootpage FROM sqlite_master WHERE name = 'scratch'").fetchone()[0]
+    raw.close()
+    with open(db, "r+b") as f:
+        f.seek((root - 1) * page_size)
+        f.write(b"\xde\xad" * (page_size // 2))
+
+
+async def test_a_damaged_database_is_moved_aside_told_and_its_sessions_kept(tmp_path):
+    from harness import RunningAgent, booted, make_config
+
+    from cpagent.clock import Clock
+
+    async with DevCsms() as csms:
+        config = make_config(tmp_path / "agent", csms.url)
+        cp = RunningAgent(config, Clock("system"))
+        await cp.start()
+        await booted(csms)
+        cp.mock.plug(1)
+        cp.mock.swipe("04A2B3C4")
+        first = await csms.wait_for_call("StartTransaction")
+        await csms.wait_for_call("StatusNotification", predicate=lambda p:
+                                 p["status"] == "Charging")
+        await cp.settle()
+        await asyncio.sleep(0.2)
+        await cp.stop()  # and the power goes mid-session
+        db = tmp_path / "agent" / "cpagent.db"
+        _damage_one_table(db)
+        with pytest.raises(sqlite3.DatabaseError):  # really damaged, as SQLite sees it
+            check = sqlite3.connect(db).execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(check)
+
+        mark = csms.mark()
+        await cp.start()
+        try:
+            status = cp.agent.snapshot()
+            assert "damaged" in status["storage"]["problem"]
+            assert "carried over 1 transaction(s)" in status["storage"]["problem"]
+            assert moved_aside(tmp_path / "agent")
+            # The session the old file held is not forgotten: it is ended by the power loss,
+            # under the transactionId the CSMS gave it.
+            stop = await csms.wait_for_call("StopTransaction", after=mark, timeout=10)
+            assert stop.payload["reason"] == "PowerLoss"
+            assert stop.payload["transactionId"] == csms.transaction_ids[first.unique_id]
+            assert csms.calls("StartTransaction") == [first]  # not started a second time
+            event = await csms.wait_for_call("SecurityEventNotification", after=mark,
+                                             timeout=10)
+            assert "damaged" in event.payload["techInfo"]
+        finally:
+            await cp.stop()

@@ -73,6 +73,7 @@ from cpagent.session import BootGate, OcppSession, SessionServices
 from cpagent.settings import SharedSettings
 from cpagent.store import AsyncStore, NewRecord, Store, TokenRow
 from cpagent.transport import Transport, TransportSettings
+from cpagent.trust import Trust
 from hal.factory import build_hardware
 from hal.interfaces import (
     CardPresented,
@@ -161,7 +162,9 @@ class Agent:
             ),
             self._session,
             lambda: self.adapter.ping_interval(),
+            extra_roots=lambda: self.trust.csms_roots(),
         )
+        self.trust = Trust(self.store, self._known_time, self.transport.peer_certificate)
         self._inputs: asyncio.Queue[tuple[CoreCall, asyncio.Future | None]] = asyncio.Queue()
         self._reset: asyncio.Future[str] | None = None
         self.started_at = time.monotonic()
@@ -497,6 +500,10 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self._flush_cache()
 
+    def _known_time(self) -> float | None:
+        """The time, when the charger knows it (certificate validity is judged by it)."""
+        return self.clock.now() if self.clock.trusted else None
+
     # ---- storage -----------------------------------------------------------------------------
 
     def _storage_health(self, problem: str | None) -> None:
@@ -654,6 +661,7 @@ class Agent:
         ("stopped"), or the task is cancelled (as a crash would: no goodbye)."""
         self._reset = asyncio.get_running_loop().create_future()
         await self._load()
+        await self.trust.load()
         self.untrusted_boots = await self.store.untrusted_boots()
         await self.outbox.open()
         for device in [*self.hardware.devices(), *self.inputs]:
@@ -866,6 +874,7 @@ class _Host:
         self.queue = _Queue(agent, version)
         self.storage = _Storage(agent.store, version)
         self.link = _Link(agent)
+        self.certificates = agent.trust
 
     @property
     def info(self) -> StationInfo:

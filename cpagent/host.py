@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
+from cpagent.certificates import CertificateHash, CertificateUse, InstalledCertificate, Result
 from cpagent.core.actions import Action
 from cpagent.core.model import AuthInfo, CoreSettings, IdToken
 from cpagent.core.station import ChargingStation
@@ -176,6 +177,18 @@ class Link(Protocol):
         ...
 
 
+class Certificates(Protocol):
+    """The roots the charger trusts (see `cpagent.trust`), in neutral terms."""
+
+    limit: int
+
+    def installed(self, uses: set[CertificateUse] | None = None) -> list[InstalledCertificate]:
+        ...
+
+    async def install(self, use: CertificateUse, pem: str, now: float) -> Result: ...
+    async def delete(self, wanted: CertificateHash) -> Result: ...
+
+
 class AdapterHost(Protocol):
     info: StationInfo
     clock: Clock
@@ -185,6 +198,7 @@ class AdapterHost(Protocol):
     queue: Queue
     storage: AdapterStorage
     link: Link
+    certificates: Certificates
     local_list_version: int
 
     @property

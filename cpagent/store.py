@@ -400,6 +400,30 @@ class Store:
             db.execute("INSERT OR REPLACE INTO device_model VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        (*key, value))
 
+    # ---- certificates ------------------------------------------------------------------------
+
+    def certificates(self) -> list[tuple]:
+        """(id, use, pem, hash_algorithm, issuer_name_hash, issuer_key_hash, serial_number,
+        installed_at) of every installed certificate, oldest first."""
+        return self._db.execute(
+            "SELECT id, use, pem, hash_algorithm, issuer_name_hash, issuer_key_hash,"
+            " serial_number, installed_at FROM certificates ORDER BY id").fetchall()
+
+    def add_certificate(self, use: str, pem: str, hash_algorithm: str, issuer_name_hash: str,
+                        issuer_key_hash: str, serial_number: str, installed_at: float) -> int:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO certificates (use, pem, hash_algorithm, issuer_name_hash,"
+                " issuer_key_hash, serial_number, installed_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (use, pem, hash_algorithm, issuer_name_hash, issuer_key_hash, serial_number,
+                 installed_at))
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+    def delete_certificate(self, certificate_id: int) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM certificates WHERE id = ?", (certificate_id,))
+
     # ---- transactions and the durable queue -------------------------------------------------
 
     def _insert_outbox(self, db: sqlite3.Connection, item: NewRecord) -> OutboxEntry:
@@ -660,6 +684,9 @@ class AsyncStore:
     adapter_states = _offload(Store.adapter_states)
     put_adapter_state = _offload(Store.put_adapter_state)
     variables = _offload(Store.variables)
+    certificates = _offload(Store.certificates)
+    add_certificate = _offload(Store.add_certificate)
+    delete_certificate = _offload(Store.delete_certificate)
     put_variable = _offload(Store.put_variable)
     enqueue = _offload(Store.enqueue)
     record_event = _offload(Store.record_event)

@@ -67,8 +67,10 @@ class Transport:
         ping_interval: Callable[[], float],
         *,
         rng: random.Random | None = None,
+        extra_roots: Callable[[], str] | None = None,
     ) -> None:
         self.settings = settings
+        self._extra_roots = extra_roots  # the CSMS roots installed over OCPP (PEM)
         self._session = session
         self._ping_interval = ping_interval  # read every round: WebSocketPingInterval may change
         self._rng = rng or random.Random()
@@ -151,7 +153,20 @@ class Transport:
             cafile=str(self.settings.ca_file) if self.settings.ca_file else None
         )
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        # Roots the CSMS installed are trusted beside the configured ones, never instead: a
+        # CA rotation adds the new root before the server changes its certificate.
+        extra = self._extra_roots() if self._extra_roots is not None else ""
+        if extra:
+            context.load_verify_locations(cadata=extra)
         return context
+
+    def peer_certificate(self) -> bytes | None:
+        """The CSMS's certificate (DER) on the link as it is, when it is TLS."""
+        connection = self._connection
+        if connection is None:
+            return None
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
 
     def _headers(self) -> dict[str, str]:
         password = self.endpoint.password

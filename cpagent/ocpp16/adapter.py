@@ -45,6 +45,7 @@ from cpagent.host import (
     Undeliverable,
 )
 from cpagent.logs import RateLimited
+from cpagent.ocpp16 import certificates
 from cpagent.ocpp16.configuration import (
     KEYS,
     Configuration,
@@ -105,6 +106,10 @@ class Ocpp16Adapter:
             "UnlockConnector": self._unlock_connector,
             "GetLocalListVersion": self._get_local_list_version,
             "SendLocalList": self._send_local_list,
+            "InstallCertificate": lambda p: certificates.install_certificate(self.host, p),
+            "DeleteCertificate": lambda p: certificates.delete_certificate(self.host, p),
+            "GetInstalledCertificateIds":
+                lambda p: certificates.get_installed_certificate_ids(self.host, p),
         }
 
     # ---- settings ---------------------------------------------------------------------------

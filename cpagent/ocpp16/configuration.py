@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from cpagent.certificates import MAX_CERTIFICATES
 from cpagent.settings import DEFAULTS, SharedSettings
 
 SUPPORTED_MEASURANDS = (
@@ -89,6 +90,8 @@ KEYS: dict[str, Key] = {
         Key("AllowOfflineTxForUnknownId", "bool", shared="offline_unknown_id"),
         Key("AuthorizationCacheEnabled", "bool", shared="auth_cache_enabled"),
         Key("AuthorizeRemoteTxRequests", "bool", shared="authorize_remote_start"),
+        Key("AdditionalRootCertificateCheck", "bool", "false", readonly=True),
+        Key("CertificateStoreMaxLength", "int", str(MAX_CERTIFICATES), readonly=True),
         Key("ClockAlignedDataInterval", "int", maximum=86400, shared="aligned_interval"),
         Key("ConnectionTimeOut", "int", minimum=1, maximum=3600, shared="connection_timeout"),
         Key("ConnectorPhaseRotation", "csl", lambda n: ",".join(

@@ -46,6 +46,7 @@ from cpagent.host import (
     Undeliverable,
 )
 from cpagent.logs import RateLimited
+from cpagent.ocpp201 import certificates
 from cpagent.ocpp201.device_model import (
     BYTES_PER_MESSAGE,
     ITEMS_PER_MESSAGE,
@@ -144,7 +145,7 @@ class _Live:
             case "security_profile":
                 return str(host.link.info().security_profile)
             case "certificate_entries":
-                return "0"
+                return str(len(host.certificates.installed()))
             case "local_list_entries":
                 return str(len(core.local_list))
             case "active_network_profile":
@@ -200,6 +201,10 @@ class Ocpp201Adapter:
             "GetLocalListVersion": self._get_local_list_version,
             "DataTransfer": self._data_transfer,
             "SetNetworkProfile": self._set_network_profile,
+            "InstallCertificate": lambda p: certificates.install_certificate(self.host, p),
+            "DeleteCertificate": lambda p: certificates.delete_certificate(self.host, p),
+            "GetInstalledCertificateIds":
+                lambda p: certificates.get_installed_certificate_ids(self.host, p),
         }
 
     # ---- settings ---------------------------------------------------------------------------

@@ -1,0 +1,43 @@
+"""The 1.6 security whitepaper's certificate messages, on the shared trust layer:
+InstallCertificate, DeleteCertificate and GetInstalledCertificateIds."""
+
+from __future__ import annotations
+
+from cpagent.certificates import CertificateHash, CertificateUse, HashAlgorithm, Outcome
+from cpagent.host import AdapterHost
+
+USES = {"CentralSystemRootCertificate": CertificateUse.CSMS_ROOT,
+        "ManufacturerRootCertificate": CertificateUse.MANUFACTURER_ROOT}
+_INSTALL = {Outcome.ACCEPTED: "Accepted", Outcome.REJECTED: "Rejected",
+            Outcome.FAILED: "Failed", Outcome.NOT_FOUND: "Rejected"}
+_DELETE = {Outcome.ACCEPTED: "Accepted", Outcome.FAILED: "Failed",
+           Outcome.NOT_FOUND: "NotFound", Outcome.REJECTED: "Failed"}
+
+
+def hash_to_wire(digest: CertificateHash) -> dict:
+    return {"hashAlgorithm": digest.algorithm.value, "issuerNameHash": digest.issuer_name_hash,
+            "issuerKeyHash": digest.issuer_key_hash, "serialNumber": digest.serial_number}
+
+
+def hash_from_wire(data: dict) -> CertificateHash:
+    return CertificateHash(HashAlgorithm(data["hashAlgorithm"]), data["issuerNameHash"],
+                           data["issuerKeyHash"], data["serialNumber"])
+
+
+async def install_certificate(host: AdapterHost, payload: dict) -> dict:
+    result = await host.certificates.install(USES[payload["certificateType"]],
+                                             payload["certificate"], host.clock.now())
+    return {"status": _INSTALL[result.outcome]}
+
+
+async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
+    result = await host.certificates.delete(hash_from_wire(payload["certificateHashData"]))
+    return {"status": _DELETE[result.outcome]}
+
+
+async def get_installed_certificate_ids(host: AdapterHost, payload: dict) -> dict:
+    installed = host.certificates.installed({USES[payload["certificateType"]]})
+    if not installed:
+        return {"status": "NotFound"}
+    return {"status": "Accepted",
+            "certificateHashData": [hash_to_wire(c.hash) for c in installed]}

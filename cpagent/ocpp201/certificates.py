@@ -1,0 +1,57 @@
+"""OCPP 2.0.1 block A/M certificate messages on the shared trust layer: InstallCertificate,
+DeleteCertificate and GetInstalledCertificateIds."""
+
+from __future__ import annotations
+
+from cpagent.certificates import CertificateHash, CertificateUse, HashAlgorithm, Outcome
+from cpagent.host import AdapterHost
+
+USES = {"CSMSRootCertificate": CertificateUse.CSMS_ROOT,
+        "ManufacturerRootCertificate": CertificateUse.MANUFACTURER_ROOT,
+        "V2GRootCertificate": CertificateUse.V2G_ROOT,
+        "MORootCertificate": CertificateUse.MO_ROOT}
+WIRE_USES = {use: name for name, use in USES.items()}
+_INSTALL = {Outcome.ACCEPTED: "Accepted", Outcome.REJECTED: "Rejected",
+            Outcome.FAILED: "Failed", Outcome.NOT_FOUND: "Rejected"}
+_DELETE = {Outcome.ACCEPTED: "Accepted", Outcome.FAILED: "Failed",
+           Outcome.NOT_FOUND: "NotFound", Outcome.REJECTED: "Failed"}
+
+
+def _status_info(reason: str) -> dict:
+    return {"statusInfo": {"reasonCode": "Rejected" if reason else "NoError",
+                           "additionalInfo": reason[:512]}} if reason else {}
+
+
+def hash_to_wire(digest: CertificateHash) -> dict:
+    return {"hashAlgorithm": digest.algorithm.value, "issuerNameHash": digest.issuer_name_hash,
+            "issuerKeyHash": digest.issuer_key_hash, "serialNumber": digest.serial_number}
+
+
+def hash_from_wire(data: dict) -> CertificateHash:
+    return CertificateHash(HashAlgorithm(data["hashAlgorithm"]), data["issuerNameHash"],
+                           data["issuerKeyHash"], data["serialNumber"])
+
+
+async def install_certificate(host: AdapterHost, payload: dict) -> dict:
+    result = await host.certificates.install(USES[payload["certificateType"]],
+                                             payload["certificate"], host.clock.now())
+    status = _INSTALL[result.outcome]
+    return {"status": status, **(_status_info(result.reason) if status != "Accepted" else {})}
+
+
+async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
+    result = await host.certificates.delete(hash_from_wire(payload["certificateHashData"]))
+    status = _DELETE[result.outcome]
+    return {"status": status, **(_status_info(result.reason) if status == "Failed" else {})}
+
+
+async def get_installed_certificate_ids(host: AdapterHost, payload: dict) -> dict:
+    wanted = payload.get("certificateType")
+    # V2GCertificateChain names the charger's own ISO 15118 chain, which it does not have.
+    uses = None if not wanted else {USES[name] for name in wanted if name in USES}
+    installed = host.certificates.installed(uses) if uses is None or uses else []
+    if not installed:
+        return {"status": "NotFound"}
+    return {"status": "Accepted", "certificateHashDataChain": [
+        {"certificateType": WIRE_USES[c.use], "certificateHashData": hash_to_wire(c.hash)}
+        for c in installed]}

@@ -24,6 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -57,6 +58,77 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Rand
 
 
 Session = Callable[[ClientConnection, str], Awaitable[None]]
+
+
+# OpenSSL's X509_V_ERR codes that an installer can act on, in plain words.
+_VERIFY_PROBLEMS = {
+    9: "the CSMS's certificate is not valid yet (is the charger's clock right?)",
+    10: "the CSMS's certificate has expired",
+    13: "the CSMS's certificate is not valid yet (is the charger's clock right?)",
+    14: "the CSMS's certificate has expired",
+    18: "the CSMS's certificate is self-signed and not among the trusted roots",
+    19: "the CSMS's certificate chain ends in a root that is not trusted",
+    20: "the CSMS's certificate is issued by a CA that is not trusted",
+    21: "the CSMS's certificate is issued by a CA that is not trusted",
+    24: "the CSMS's certificate is signed by a certificate that is not a CA",
+    79: "the CSMS's certificate is signed by a certificate that is not a CA",
+    62: "the CSMS's certificate is not for this host name",
+    64: "the CSMS's certificate is not for this IP address",
+}
+
+
+def tls_problem(exc: ssl.SSLError, url: str) -> str:
+    """Why TLS failed, and what to fix (a bare "ConnectionResetError" helps nobody)."""
+    where = urlsplit(url).hostname or url
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        code = exc.verify_code
+        words = _VERIFY_PROBLEMS.get(code, f"the CSMS's certificate was refused "
+                                           f"({exc.verify_message})")
+        fix = ("; install the CSMS's root (csms.ca_file, or InstallCertificate)"
+               if code in (18, 19, 20, 21) else "")
+        return f"TLS to {where}: {words}{fix}"
+    reason = (exc.reason or "").upper()
+    if "UNSUPPORTED_PROTOCOL" in reason or "WRONG_VERSION" in reason or \
+            "PROTOCOL_VERSION" in reason:
+        return (f"TLS to {where}: the CSMS does not speak TLS 1.2 or newer, which OCPP "
+                "requires; its TLS must be updated")
+    if "HANDSHAKE_FAILURE" in reason or "NO_SHARED_CIPHER" in reason or \
+            "NO_CIPHERS" in reason:
+        return f"TLS to {where}: no cipher suite in common with the CSMS"
+    if "CERTIFICATE_REQUIRED" in reason or "UNKNOWN_CA" in reason or \
+            "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
+        return (f"TLS to {where}: the CSMS refused the charger's client certificate "
+                f"({exc.reason})")
+    return f"TLS to {where}: {exc.reason or exc}"
+
+
+async def old_tls_only(url: str, timeout: float = 3.0) -> str | None:
+    """The TLS version the server at `url` answers with when older versions are allowed, if
+    that is below 1.2; None otherwise. A probe for the diagnosis only: no session uses it."""
+    parts = urlsplit(url)
+    probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    probe.check_hostname = False
+    probe.verify_mode = ssl.CERT_NONE  # nothing is sent over it; only the version is read
+    try:
+        probe.minimum_version = ssl.TLSVersion.TLSv1
+        probe.set_ciphers("ALL:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError):
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(
+                parts.hostname, parts.port or 443, ssl=probe,
+                server_hostname=parts.hostname)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        version = ssl_object.version() if ssl_object is not None else None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    return version if version in ("TLSv1", "TLSv1.1", "SSLv3") else None
 
 
 class Transport:
@@ -217,10 +289,28 @@ class Transport:
             except asyncio.CancelledError:
                 raise
             except websockets.InvalidStatus as exc:
-                self.last_error = f"CSMS refused the connection: HTTP {exc.response.status_code}"
+                status = exc.response.status_code
+                self.last_error = f"CSMS refused the connection: HTTP {status}" + (
+                    " (the charge point identity and password were not accepted: check "
+                    "csms.password, or the AuthorizationKey / BasicAuthPassword the CSMS set)"
+                    if status == 401 else "")
+                log.error("%s", self.last_error)
+            except ssl.SSLError as exc:
+                self.last_error = tls_problem(exc, endpoint.url)
                 log.error("%s", self.last_error)
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                if not connected and endpoint.url.startswith("wss://") and isinstance(
+                        exc, ConnectionResetError | ssl.SSLEOFError | EOFError):
+                    # A server that cuts the handshake short says nothing: find out whether
+                    # it speaks only an old TLS, which would otherwise read "reset".
+                    old = await old_tls_only(endpoint.url)
+                    if old is not None:
+                        self.last_error = (
+                            f"TLS to {urlsplit(endpoint.url).hostname}: the CSMS speaks only "
+                            f"{old}, not TLS 1.2 or newer as OCPP requires; its TLS must be "
+                            "updated")
+                        log.error("%s", self.last_error)
                 log.warning("CSMS link failed: %s", self.last_error)
             except Exception as exc:  # never let the link die for good
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -69,8 +69,11 @@ def leaf(issuer: Issued, common_name: str = "127.0.0.1", *, ca: bool | None = Fa
     return Issued(builder.sign(issuer.key, hashes.SHA256()), key)
 
 
-def server_context(server: Issued, folder: Path, name: str = "server") -> ssl.SSLContext:
+def server_context(server: Issued, folder: Path, name: str = "server",
+                   chain: tuple[Issued, ...] = ()) -> ssl.SSLContext:
+    """A server context presenting `server`, followed by the intermediates in `chain`."""
     cert_path, key_path = server.write(folder, name)
+    cert_path.write_text(server.pem + "".join(c.pem for c in chain))
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_path, key_path)
     return context

@@ -1,0 +1,105 @@
+"""Each way a TLS connection to the CSMS fails is told apart, in plain words with what to fix,
+with a test CA made at test time: an untrusted CA, a certificate for another host, expired,
+not yet valid, signed by a certificate that is no CA, and a server that speaks only TLS 1.1."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pki
+import pytest
+from harness import RunningAgent, make_config
+
+from cpagent.clock import Clock
+from cpagent.devcsms import DevCsms
+
+CASES = {
+    "untrusted CA": "not trusted",
+    "other host": "not for this",
+    "expired": "has expired",
+    "not yet valid": "not valid yet",
+    "signed by a non-CA": "not a CA",
+}
+
+
+def _server(case: str, ca: pki.Issued, folder) -> ssl.SSLContext:
+    match case:
+        case "untrusted CA":
+            return pki.server_context(pki.leaf(pki.root("Someone Else")), folder)
+        case "other host":  # a certificate naming only another host
+            return pki.server_context(_named(ca, "csms.example.com"), folder)
+        case "expired":
+            return pki.server_context(pki.leaf(ca, days=(-30, -1)), folder)
+        case "not yet valid":
+            return pki.server_context(pki.leaf(ca, days=(2, 30)), folder)
+    middle = pki.leaf(ca, "Not a CA", ca=False)  # a leaf that signed the server's certificate
+    return pki.server_context(pki.leaf(middle), folder, chain=(middle,))
+
+
+async def _last_error(charger: RunningAgent) -> str:
+    for _ in range(500):
+        error = charger.agent.transport.last_error
+        if error:
+            return error
+        await asyncio.sleep(0.01)
+    raise AssertionError("no error reported")
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_a_refused_server_certificate_is_named(case, tmp_path):
+    ca = pki.root()
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.pem)
+    words = CASES[case]
+    async with DevCsms(ssl_context=_server(case, ca, tmp_path)) as csms:
+        charger = RunningAgent(make_config(tmp_path / "agent", csms.url,
+                                           csms={"ca_file": str(ca_file)}), Clock("system"))
+        await charger.start()
+        try:
+            error = await _last_error(charger)
+            assert words in error, error
+            assert "127.0.0.1" in error
+            assert csms.calls("BootNotification") == []
+        finally:
+            await charger.stop()
+
+
+def _named(ca: pki.Issued, dns: str) -> pki.Issued:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(pki._name(dns))
+            .issuer_name(ca.cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(pki.NOW - dt.timedelta(days=1))
+            .not_valid_after(pki.NOW + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+            .sign(ca.key, hashes.SHA256()))
+    return pki.Issued(cert, key)
+
+
+async def test_a_server_that_speaks_only_tls_1_1_is_named(tmp_path):
+    ca = pki.root()
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.pem)
+    context = pki.server_context(pki.leaf(ca), tmp_path)
+    try:
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    except (ValueError, ssl.SSLError) as exc:
+        pytest.skip(f"this OpenSSL cannot serve TLS 1.1: {exc}")
+    async with DevCsms(ssl_context=context) as csms:
+        charger = RunningAgent(make_config(tmp_path / "agent", csms.url,
+                                           csms={"ca_file": str(ca_file)}), Clock("system"))
+        await charger.start()
+        try:
+            error = await _last_error(charger)
+            assert "TLS 1.2 or newer" in error, error
+        finally:
+            await charger.stop()

@@ -9,8 +9,9 @@ do not fit. Error codes are read tolerantly: the 1.6 spelling `FormationViolatio
 Nothing a peer sends may drop the link or grow memory: a frame nested deeper than any OCPP
 message is refused before it is parsed, an action name is looked up among the version's own
 actions before it can reach a schema file or a cache, non-finite and out-of-range numbers are
-refused, message ids longer than OCPP-J allows are never echoed, binary frames are not taken
-for text, and repeated complaints are logged at a bounded rate.
+refused, so are strings that are not Unicode text (a lone surrogate escape), message ids
+longer than OCPP-J allows are never echoed, binary frames are not taken for text, and repeated
+complaints are logged at a bounded rate.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ _DECIMAL_SCHEMAS = {("1.6", CALL, "SetChargingProfile"), ("1.6", CALL, "RemoteSt
 _ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"\s*,')
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(r"[\[\]{}]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # \ud800 to \udfff in JSON text
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # what json.loads leaves of an unpaired one
 
 
 def _known_actions() -> dict[str, frozenset[str]]:
@@ -153,11 +156,31 @@ def parse_frame(text: str) -> object:
     if too_deep(text):
         raise FrameRefused("FormatViolation", f"nested deeper than {MAX_DEPTH} levels")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant)
     except FrameRefused:
         raise
     except (ValueError, RecursionError) as exc:
         raise FrameRefused("FormatViolation", f"invalid JSON: {exc}") from None
+    # OCPP-J is UTF-8 text: an unpaired surrogate escape makes a string no encoding can hold,
+    # which would fail wherever it is stored or sent on (RFC 7493 2.1 forbids it).
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
+        raise FrameRefused("FormatViolation", "a string holds an unpaired UTF-16 surrogate")
+    return value
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _LONE_SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def check_numbers(value: object) -> None:

@@ -159,6 +159,7 @@ class Agent:
                 reconnect_max=config.csms.reconnect_max,
                 pong_timeout=config.csms.pong_timeout,
                 max_frame_bytes=config.csms.max_frame_kb * 1024,
+                compression=config.csms.compression,
             ),
             self._session,
             lambda: self.adapter.ping_interval(),

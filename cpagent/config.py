@@ -70,6 +70,7 @@ class CsmsSettings:
     ping_interval: int
     pong_timeout: float
     max_frame_kb: int
+    compression: bool
     identity: str
 
     @property
@@ -259,6 +260,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "ping_interval": (_int(0, 3600), 30),
         "pong_timeout": (_num(1, 300), 10.0),
         "max_frame_kb": (_int(64, 16384), 1024),
+        "compression": (_bool, False),
     },
     "station": {
         "connectors": (_int(1, 8), 1),

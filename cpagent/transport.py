@@ -10,6 +10,10 @@ a server that agrees to none of ours gets no OCPP session.
 every failure, including a CSMS that never answers the BootNotification or closes the link.
 Frames larger than `max_frame_bytes` make the WebSocket layer close the connection with code
 1009 (RFC 6455), since holding them would let a peer exhaust the memory of a small board.
+For the same reason permessage-deflate (RFC 7692) is not offered unless `compression` is set:
+`max_frame_bytes` bounds one message, not how many the WebSocket layer inflates from a single
+read before flow control pauses it, and a few kilobytes of deflated frames from a hostile CSMS
+inflate to hundreds of megabytes (OCPP-J leaves compression to the charging station).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class TransportSettings:
     open_timeout: float = 15.0
     stable_after: float = 30.0  # a link that lived this long resets the backoff
     max_frame_bytes: int = 1024 * 1024
+    compression: bool = False  # permessage-deflate: see the module's docstring
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -267,6 +272,7 @@ class Transport:
                     ping_interval=None,  # our own keepalive below aborts a dead link at once
                     close_timeout=5,
                     max_size=self.settings.max_frame_bytes,
+                    compression="deflate" if self.settings.compression else None,
                     user_agent_header=None,
                 ) as connection:
                     agreed = connection.subprotocol

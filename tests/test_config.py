@@ -116,7 +116,7 @@ def test_defaults(tmp_path):
     assert config.csms == CsmsSettings(
         url="ws://csms.local/ocpp", ocpp_version="1.6", password=None, ca_file=None,
         call_timeout=30.0, reconnect_initial=1.0, reconnect_max=60.0, ping_interval=30,
-        pong_timeout=10.0, max_frame_kb=1024, identity="CP-1",
+        pong_timeout=10.0, max_frame_kb=1024, compression=False, identity="CP-1",
     )
     assert config.station == StationSettings(
         connectors=1, data_dir=Path("/var/lib/cpagent"), max_current=32.0, phases=3,

@@ -277,3 +277,15 @@ async def test_the_backoff_starts_afresh_after_a_link_that_stayed_up(csms, start
     assert waits[-1] >= 1.6 - 0.05, waits  # 0.2 * 2**4, jittered down by half at most
     await asyncio.sleep(1.1)  # this link counts as healthy
     assert await drop_and_time() < 0.2 + 0.3  # the first wait again, not 3.2 s
+
+
+async def test_compression_is_offered_only_when_configured(csms, start_agent):
+    plain = await start_agent()
+    await booted(csms)
+    assert plain.agent.transport._connection.protocol.extensions == []
+    await plain.stop()
+    mark = csms.mark()
+    packed = await start_agent(csms={"compression": True})
+    await csms.wait_for_call("BootNotification", after=mark)
+    assert [e.name for e in packed.agent.transport._connection.protocol.extensions] == [
+        "permessage-deflate"]

@@ -20,10 +20,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.x509 import ocsp
+if TYPE_CHECKING:
+    from cryptography import x509
+
+# `cryptography` is imported where a certificate is looked at, not with this module: it costs
+# some 9 MiB of resident memory, and most chargers never receive a certificate.
 
 __all__ = ["MAX_CERTIFICATES", "CertificateHash", "CertificateProblem", "CertificateUse",
            "HashAlgorithm", "InstalledCertificate", "Outcome", "Result", "hash_data",
@@ -48,8 +51,6 @@ class HashAlgorithm(StrEnum):
     SHA512 = "SHA512"
 
 
-_HASHES = {HashAlgorithm.SHA256: hashes.SHA256, HashAlgorithm.SHA384: hashes.SHA384,
-           HashAlgorithm.SHA512: hashes.SHA512}
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +99,13 @@ def hash_data(cert: x509.Certificate, issuer: x509.Certificate | None = None,
               algorithm: HashAlgorithm = HashAlgorithm.SHA256) -> CertificateHash:
     """The OCPP CertificateHashData of `cert`; a root is its own issuer. The CertID is built
     by `cryptography`'s OCSP request builder, which hashes exactly what RFC 6960 names."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509 import ocsp
+
+    digest = {HashAlgorithm.SHA256: hashes.SHA256, HashAlgorithm.SHA384: hashes.SHA384,
+              HashAlgorithm.SHA512: hashes.SHA512}[algorithm]
     request = (ocsp.OCSPRequestBuilder()
-               .add_certificate(cert, issuer if issuer is not None else cert,
-                                _HASHES[algorithm]())
+               .add_certificate(cert, issuer if issuer is not None else cert, digest())
                .build())
     return CertificateHash(algorithm, request.issuer_name_hash.hex(),
                            request.issuer_key_hash.hex(), format(request.serial_number, "x"))
@@ -111,6 +116,8 @@ def parse_root(pem: str, now: float | None) -> x509.Certificate:
 
     `now` is the trusted time, or None when the charger does not know the time yet (validity
     is then not judged: a board without a clock must still take its CSMS's new root)."""
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(pem.encode("ascii", "strict"))
     except (ValueError, UnicodeEncodeError) as exc:

@@ -10,10 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from cpagent.certificates import (
     MAX_CERTIFICATES,
     CertificateHash,
@@ -73,6 +69,8 @@ class Trust:
                 return Result(Outcome.ACCEPTED, "already installed")
         if len(self._installed) >= self.limit:
             return Result(Outcome.REJECTED, f"the certificate store is full ({self.limit})")
+        from cryptography.hazmat.primitives.serialization import Encoding
+
         text = cert.public_bytes(Encoding.PEM).decode("ascii")
         try:
             ident = await self._store.add_certificate(
@@ -104,6 +102,9 @@ class Trust:
 
     def _carries_link(self, root: InstalledCertificate) -> bool:
         """The CSMS's certificate is issued by this root, and by no other one installed."""
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+
         der = self._peer_certificate()
         if der is None:
             return False

@@ -72,7 +72,7 @@ from cpagent.records import OutboxEntry, TransactionRow
 from cpagent.session import BootGate, OcppSession, SessionServices
 from cpagent.settings import SharedSettings
 from cpagent.store import AsyncStore, NewRecord, Store, TokenRow
-from cpagent.transport import Transport, TransportSettings
+from cpagent.transport import Transport, TransportSettings, security_profile
 from cpagent.trust import Trust
 from hal.factory import build_hardware
 from hal.interfaces import (
@@ -155,6 +155,8 @@ class Agent:
                 versions=[],  # decided once the stored agreement is read (see run)
                 password=config.csms.password,
                 ca_file=config.csms.ca_file,
+                client_cert=config.csms.client_cert,
+                client_key=config.csms.client_key,
                 reconnect_initial=config.csms.reconnect_initial,
                 reconnect_max=config.csms.reconnect_max,
                 pong_timeout=config.csms.pong_timeout,
@@ -613,7 +615,7 @@ class Agent:
         self.transport.settings.versions = versions
         password = self.shared["basic_auth_password"] or self.config.csms.password
         url = self.config.csms.endpoint_url
-        self.transport.base = Endpoint(url, password, 2 if url.startswith("wss://") else 1)
+        self.transport.base = Endpoint(url, password, security_profile(self.transport.settings))
         self.transport.use_endpoints([self.transport.base], 3)
         self.boot_reason = await self._boot_reason()
         hosts = {v: _Host(self, v) for v in versions}
@@ -990,8 +992,12 @@ class _Link:
     def info(self) -> LinkInfo:
         transport = self._agent.transport
         endpoint = transport.endpoint
-        # Told as it is: without a password a plain ws:// link has no profile at all.
-        profile = 2 if endpoint.url.startswith("wss://") else 1 if endpoint.password else 0
+        # Told as it is: without a password a plain ws:// link has no profile at all, and a
+        # wss:// one is profile 3 only when the charger shows a client certificate.
+        if endpoint.url.startswith("wss://"):
+            profile = 3 if transport.settings.client_cert is not None else 2
+        else:
+            profile = 1 if endpoint.password else 0
         return LinkInfo(endpoint.url, transport.state, transport.version, profile,
                         transport.last_error, {"profile": endpoint.label})
 

@@ -64,6 +64,8 @@ class CsmsSettings:
     ocpp_version: str
     password: str | None = field(repr=False)  # keep it out of logged reprs
     ca_file: Path | None
+    client_cert: Path | None
+    client_key: Path | None
     call_timeout: float
     reconnect_initial: float
     reconnect_max: float
@@ -254,6 +256,8 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "ocpp_version": (_ocpp_version, "1.6"),
         "password": (_password, None),
         "ca_file": (_path, None),
+        "client_cert": (_path, None),
+        "client_key": (_path, None),
         "call_timeout": (_num(1, 300), 30.0),
         "reconnect_initial": (_num(0.1, 60), 1.0),
         "reconnect_max": (_num(1, 3600), 60.0),
@@ -369,6 +373,16 @@ def parse_config(data: dict, *, base_dir: Path | None = None) -> Config:
         )
     if csms.get("ca_file") is not None and not csms["ca_file"].is_file():
         errors.append(f"csms.ca_file: must be an existing file (got '{csms['ca_file']}')")
+    for key in ("client_cert", "client_key"):
+        if csms.get(key) is not None and not csms[key].is_file():
+            errors.append(f"csms.{key}: must be an existing file (got '{csms[key]}')")
+    if (csms.get("client_cert") is None) != (csms.get("client_key") is None):
+        errors.append("csms.client_cert and csms.client_key: security profile 3 needs both "
+                      "the certificate and its private key")
+    elif csms.get("client_cert") is not None and not str(csms.get("url", "")).startswith(
+            "wss://"):
+        errors.append("csms.client_cert: a client certificate (security profile 3) needs a "
+                      "wss:// url")
     if "data_dir" in station and "control_socket" in station:
         sock = station["control_socket"] or station["data_dir"] / "control.sock"
         station["control_socket"] = sock

@@ -47,6 +47,8 @@ class TransportSettings:
     versions: list[str]  # OCPP versions we speak, most preferred first
     password: str | None = None
     ca_file: Path | None = None
+    client_cert: Path | None = None  # with client_key: security profile 3
+    client_key: Path | None = None
     reconnect_initial: float = 1.0
     reconnect_max: float = 60.0
     pong_timeout: float = 10.0
@@ -54,6 +56,13 @@ class TransportSettings:
     stable_after: float = 30.0  # a link that lived this long resets the backoff
     max_frame_bytes: int = 1024 * 1024
     compression: bool = False  # permessage-deflate: see the module's docstring
+
+
+def security_profile(settings: TransportSettings) -> int:
+    """1: ws with basic auth; 2: wss with basic auth; 3: wss with a client certificate."""
+    if not settings.url.startswith("wss://"):
+        return 1
+    return 3 if settings.client_cert is not None else 2
 
 
 def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random) -> float:
@@ -105,6 +114,16 @@ def tls_problem(exc: ssl.SSLError, url: str) -> str:
         return (f"TLS to {where}: the CSMS refused the charger's client certificate "
                 f"({exc.reason})")
     return f"TLS to {where}: {exc.reason or exc}"
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    seen = 0
+    cause: BaseException | None = exc.__cause__ or exc.__context__
+    while cause is not None and seen < 5:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        cause, seen = cause.__cause__ or cause.__context__, seen + 1
+    return None
 
 
 async def old_tls_only(url: str, timeout: float = 3.0) -> str | None:
@@ -161,8 +180,7 @@ class Transport:
         self.connected_since: float | None = None
         self.connect_count = 0
         self._closing = False
-        self.base = Endpoint(settings.url, settings.password,
-                             2 if settings.url.startswith("wss://") else 1)
+        self.base = Endpoint(settings.url, settings.password, security_profile(settings))
         self.endpoints: list[Endpoint] = [self.base]
         self.attempts = 3
         self._index = 0
@@ -235,6 +253,8 @@ class Transport:
         extra = self._extra_roots() if self._extra_roots is not None else ""
         if extra:
             context.load_verify_locations(cadata=extra)
+        if self.settings.client_cert is not None and self.settings.client_key is not None:
+            context.load_cert_chain(self.settings.client_cert, self.settings.client_key)
         return context
 
     def peer_certificate(self) -> bytes | None:
@@ -306,6 +326,23 @@ class Transport:
                 log.error("%s", self.last_error)
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+                tls = _tls_cause(exc)
+                if tls is not None:
+                    self.last_error = tls_problem(tls, endpoint.url)
+                    log.error("%s", self.last_error)
+                elif isinstance(exc, websockets.InvalidMessage) and isinstance(
+                        exc.__cause__, EOFError):
+                    # In TLS 1.3 the server judges the client certificate after the
+                    # handshake; a refusal then shows only as a close before the HTTP answer.
+                    self.last_error = (
+                        f"the CSMS at {urlsplit(endpoint.url).hostname} closed the connection "
+                        "before answering the WebSocket handshake" + (
+                            ": with security profile 3 this is how a refused client "
+                            "certificate shows; check that the CSMS knows the charger's "
+                            "certificate (csms.client_cert) and its CA"
+                            if self.settings.client_cert is not None
+                            and endpoint.url.startswith("wss://") else ""))
+                    log.error("%s", self.last_error)
                 if not connected and endpoint.url.startswith("wss://") and isinstance(
                         exc, ConnectionResetError | ssl.SSLEOFError | EOFError):
                     # A server that cuts the handshake short says nothing: find out whether

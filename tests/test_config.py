@@ -94,12 +94,15 @@ def test_example_documents_every_key():
 
 
 def test_example_commented_values_are_valid(tmp_path):
-    (tmp_path / "ca.pem").write_text("")
-    text = EXAMPLE.read_text().replace("/etc/cpagent/csms-ca.pem", "ca.pem")
+    for name in ("ca.pem", "charger.pem", "charger.key"):
+        (tmp_path / name).write_text("")
+    text = EXAMPLE.read_text().replace("/etc/cpagent/csms-ca.pem", "ca.pem").replace(
+        "/etc/cpagent/charger.", "charger.")
     uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
     assert uncommented != text
     config = load_config(write(tmp_path, uncommented))
     assert config.csms.ca_file == tmp_path / "ca.pem"
+    assert config.csms.client_key == tmp_path / "charger.key"
     assert config.csms.password == "change-me"
     assert config.charge_point.serial == "SN-0001"
 
@@ -115,6 +118,7 @@ def test_defaults(tmp_path):
     )
     assert config.csms == CsmsSettings(
         url="ws://csms.local/ocpp", ocpp_version="1.6", password=None, ca_file=None,
+        client_cert=None, client_key=None,
         call_timeout=30.0, reconnect_initial=1.0, reconnect_max=60.0, ping_interval=30,
         pong_timeout=10.0, max_frame_kb=1024, compression=False, identity="CP-1",
     )
@@ -481,3 +485,15 @@ def test_driver_options_are_checked_at_load(tmp_path):
     assert "hardware.meter.port: must be a serial device path like /dev/ttyUSB0 (got 'COM3')" \
         in text
     assert "hardware.card_reader.hold_of: unknown option (did you mean 'hold_off'?)" in text
+
+
+def test_security_profile_3_needs_certificate_key_and_wss(tmp_path):
+    (tmp_path / "c.pem").write_text("")
+    base = '[charge_point]\nid = "CP-1"\n[csms]\n'
+    only_cert = errors_of(tmp_path, base + f'url = "wss://x/ocpp"\nclient_cert = '
+                                            f'"{tmp_path / "c.pem"}"\n')
+    assert any("needs both" in e for e in only_cert)
+    plain = errors_of(tmp_path, base + f'url = "ws://x/ocpp"\nclient_cert = '
+                                       f'"{tmp_path / "c.pem"}"\nclient_key = '
+                                       f'"{tmp_path / "c.pem"}"\n')
+    assert any("needs a wss:// url" in e for e in plain)

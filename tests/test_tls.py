@@ -103,3 +103,59 @@ async def test_a_server_that_speaks_only_tls_1_1_is_named(tmp_path):
             assert "TLS 1.2 or newer" in error, error
         finally:
             await charger.stop()
+
+
+def _requiring_client_certificates(server: pki.Issued, clients: pki.Issued,
+                                   folder) -> ssl.SSLContext:
+    context = pki.server_context(server, folder)
+    context.verify_mode = ssl.CERT_REQUIRED
+    (folder / "clients.pem").write_text(clients.pem)
+    context.load_verify_locations(folder / "clients.pem")
+    return context
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_security_profile_3_connects_with_the_client_certificate(version, tmp_path):
+    ca, clients = pki.root("CSMS Root"), pki.root("Charger CA")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.pem)
+    cert, key = pki.leaf(clients, "CP-TEST").write(tmp_path, "charger")
+    subprotocols = ("ocpp1.6",) if version == "1.6" else ("ocpp2.0.1",)
+    async with DevCsms(ssl_context=_requiring_client_certificates(pki.leaf(ca), clients,
+                                                                  tmp_path),
+                       subprotocols=subprotocols) as csms:
+        charger = RunningAgent(make_config(tmp_path / "agent", csms.url, csms={
+            "ca_file": str(ca_file), "client_cert": str(cert), "client_key": str(key),
+            "ocpp_version": version}), Clock("system"))
+        await charger.start()
+        try:
+            await csms.wait_for_call("BootNotification")
+            assert charger.agent.snapshot()["connection"]["last_error"] is None
+            assert charger.agent.transport.endpoint.security_profile == 3
+            if version == "2.0.1":
+                await csms.wait_for_call("StatusNotification")
+                answer = await csms.call("CP-TEST", "GetVariables", {"getVariableData": [{
+                    "component": {"name": "SecurityCtrlr"},
+                    "variable": {"name": "SecurityProfile"}}]})
+                assert answer["getVariableResult"][0]["attributeValue"] == "3"
+        finally:
+            await charger.stop()
+
+
+async def test_a_client_certificate_the_csms_does_not_know_is_named(tmp_path):
+    ca, clients = pki.root("CSMS Root"), pki.root("Charger CA")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.pem)
+    cert, key = pki.leaf(pki.root("Unknown CA"), "CP-TEST").write(tmp_path, "stranger")
+    async with DevCsms(ssl_context=_requiring_client_certificates(pki.leaf(ca), clients,
+                                                                  tmp_path)) as csms:
+        charger = RunningAgent(make_config(tmp_path / "agent", csms.url, csms={
+            "ca_file": str(ca_file), "client_cert": str(cert), "client_key": str(key)}),
+            Clock("system"))
+        await charger.start()
+        try:
+            error = await _last_error(charger)
+            assert "client certificate" in error, error
+            assert csms.calls("BootNotification") == []
+        finally:
+            await charger.stop()

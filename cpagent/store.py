@@ -184,6 +184,25 @@ def _check_directory(directory: Path) -> None:
                                              "owner or mode")
 
 
+def _owner_only(path: Path) -> None:
+    """The database holds secrets (the password the CSMS set, certificates): mode 0600. SQLite
+    gives its -wal and -shm files the mode of the database file."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return  # read-only or not permitted: opening says so in its own words
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    for suffix in ("-wal", "-shm"):
+        side = Path(str(path) + suffix)
+        with contextlib.suppress(OSError):
+            if side.stat().st_mode & 0o077:
+                side.chmod(0o600)
+
+
 class Store:
     def __init__(self, path: Path, *, lock_wait: float | None = None,
                  reserve_bytes: int = RESERVE_BYTES) -> None:
@@ -247,6 +266,7 @@ class Store:
         if path.exists() and not os.access(path, os.R_OK):
             raise StoreUnavailable("permission", f"database {path} is not readable by uid "
                                                  f"{os.getuid()}: fix its owner or mode")
+        _owner_only(path)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                              timeout=BUSY_TIMEOUT)
         try:

@@ -450,3 +450,14 @@ async def test_a_damaged_database_is_moved_aside_told_and_its_sessions_kept(tmp_
             assert "damaged" in event.payload["techInfo"]
         finally:
             await cp.stop()
+
+
+def test_the_database_that_holds_secrets_is_readable_by_its_owner_only(tmp_path):
+    db = make_database(tmp_path)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()
+            if p.name.startswith("cpagent.db") and not p.name.endswith(".reserve")} == {
+        "cpagent.db": 0o600} | {n: 0o600 for n in ("cpagent.db-wal", "cpagent.db-shm")
+                                if (tmp_path / n).exists()}
+    os.chmod(db, 0o644)  # an older release, or a copy made by hand
+    Store(db).close()
+    assert db.stat().st_mode & 0o777 == 0o600

@@ -70,7 +70,7 @@ from cpagent.protocols import PREFERRED, SUBPROTOCOLS, adapter_for
 from cpagent.recorder import Recorder, StartRefused
 from cpagent.records import OutboxEntry, TransactionRow
 from cpagent.session import BootGate, OcppSession, SessionServices
-from cpagent.settings import SharedSettings
+from cpagent.settings import SharedSettings, password_bytes, password_key
 from cpagent.store import AsyncStore, NewRecord, Store, TokenRow
 from cpagent.transport import Transport, TransportSettings, security_profile
 from cpagent.trust import Trust
@@ -609,11 +609,18 @@ class Agent:
 
     async def _load(self) -> None:
         store = self.store
-        self.shared = SharedSettings(await store.shared_settings(),
+        stored = await store.shared_settings()
+        if stored.get("basic_auth_password") and not stored.get("basic_auth_key"):
+            # Written as text by an earlier build: one stored form now, the password's bytes.
+            stored["basic_auth_key"] = password_key(stored.pop("basic_auth_password"))
+            await store.put_shared_setting("basic_auth_key", stored["basic_auth_key"])
+            await store.put_shared_setting("basic_auth_password", "")
+        self.shared = SharedSettings(stored,
                                      {"ping_interval": str(self.config.csms.ping_interval)})
         versions = self._versions(await store.state("ocpp_version"))
         self.transport.settings.versions = versions
-        password = self.shared["basic_auth_password"] or self.config.csms.password
+        password = password_bytes(self.shared["basic_auth_key"]) or (
+            self.config.csms.password.encode() if self.config.csms.password else None)
         url = self.config.csms.endpoint_url
         self.transport.base = Endpoint(url, password, security_profile(self.transport.settings))
         self.transport.use_endpoints([self.transport.base], 3)

@@ -346,7 +346,7 @@ class DevCsms:
         ssl_context: ssl.SSLContext | None = None,
         subprotocols: tuple[str, ...] | list[str] = ("ocpp1.6",),  # in the server's preference
         on_record: Callable[[Record], None] | None = None,
-        basic_auth: dict[str, str] | None = None,
+        basic_auth: dict[str, str | bytes] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -444,7 +444,8 @@ class DevCsms:
         return (
             bool(sep)
             and user == identity.encode()
-            and hmac.compare_digest(password, expected.encode())
+            and hmac.compare_digest(password, expected.encode() if isinstance(expected, str)
+                                    else expected)
         )
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:

@@ -112,7 +112,7 @@ class Endpoint:
     """Where and how to reach the CSMS: one network connection profile."""
 
     url: str  # the identity included
-    password: str | None = field(default=None, repr=False)
+    password: bytes | None = field(default=None, repr=False)  # basic auth: any bytes (1.6)
     security_profile: int = 1
     label: str = "configuration file"
 

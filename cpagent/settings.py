@@ -35,9 +35,26 @@ DEFAULTS: dict[str, str] = {
     "unlock_on_ev_disconnect": "true",
     "reset_retries": "1",
     "ping_interval": "30",
-    "basic_auth_password": "",  # secret: set by the CSMS, never reported
+    # Secret, never reported: the basic-auth password the CSMS set, as the hex of its bytes,
+    # since a 1.6 AuthorizationKey may be any bytes and a 2.0.1 BasicAuthPassword is text.
+    "basic_auth_key": "",
 }
-SECRETS = frozenset({"basic_auth_password"})
+SECRETS = frozenset({"basic_auth_key"})
+
+
+def password_key(text: str) -> str:
+    """The stored form of a password given as text."""
+    return text.encode("utf-8").hex()
+
+
+def password_bytes(key: str) -> bytes | None:
+    """The password the stored form stands for; None when none is set."""
+    if not key:
+        return None
+    try:
+        return bytes.fromhex(key)
+    except ValueError:
+        return None
 
 
 class SharedSettings:

@@ -180,7 +180,9 @@ class Transport:
         self.connected_since: float | None = None
         self.connect_count = 0
         self._closing = False
-        self.base = Endpoint(settings.url, settings.password, security_profile(settings))
+        self.base = Endpoint(settings.url,
+                             settings.password.encode() if settings.password else None,
+                             security_profile(settings))
         self.endpoints: list[Endpoint] = [self.base]
         self.attempts = 3
         self._index = 0
@@ -269,7 +271,7 @@ class Transport:
         password = self.endpoint.password
         if not password:
             return {}
-        token = f"{self.settings.identity}:{password}".encode()
+        token = self.settings.identity.encode() + b":" + password
         return {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}
 
     async def run(self) -> None:

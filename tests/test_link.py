@@ -289,3 +289,30 @@ async def test_compression_is_offered_only_when_configured(csms, start_agent):
     await csms.wait_for_call("BootNotification", after=mark)
     assert [e.name for e in packed.agent.transport._connection.protocol.extensions] == [
         "permessage-deflate"]
+
+
+async def test_an_authorization_key_of_any_bytes_is_used_and_never_reported(tmp_path,
+                                                                           start_agent):
+    key = bytes([0x00, 0xFF, 0x80, 0x7F, 0x3A]) + b"binary-secret-1"  # 20 bytes, not UTF-8
+    async with DevCsms(basic_auth={"CP-TEST": "first-password-0001"}) as csms:
+        cp = await start_agent(url=csms.url, csms={"password": "first-password-0001"})
+        await booted(csms)
+        for bad in ("nothex", "00" * 15, "00" * 21, "abc"):
+            answer = await csms.call("CP-TEST", "ChangeConfiguration",
+                                     {"key": "AuthorizationKey", "value": bad})
+            assert answer == {"status": "Rejected"}, bad
+        csms.basic_auth = {"CP-TEST": key}
+        mark = csms.mark()
+        assert await csms.call("CP-TEST", "ChangeConfiguration", {
+            "key": "AuthorizationKey", "value": key.hex().upper()}) == {"status": "Accepted"}
+        # The next connection authenticates with the key's bytes, as the whitepaper says.
+        await csms.wait_for_call("StatusNotification", after=mark, timeout=10)
+        answer = await csms.call("CP-TEST", "GetConfiguration", {"key": ["AuthorizationKey"]})
+        assert answer == {"configurationKey": [{"key": "AuthorizationKey", "readonly": False}]}
+        every = await csms.call("CP-TEST", "GetConfiguration", {})
+        assert key.hex() not in json.dumps(every).lower()
+        assert key.hex() not in json.dumps(cp.agent.snapshot()).lower()
+        # And after a restart too, from the one stored value.
+        mark = csms.mark()
+        await cp.restart()
+        await csms.wait_for_call("StatusNotification", after=mark, timeout=10)

@@ -38,6 +38,7 @@ from cpagent.core.station import ChargingStation
 from cpagent.host import (
     AdapterHost,
     BootAnswer,
+    Endpoint,
     Handler,
     Message,
     Registration,
@@ -63,6 +64,7 @@ from cpagent.ocpp16.vocabulary import (
 )
 from cpagent.records import TRANSACTION_EVENT, OutboxEntry, event_from_json, shifted
 from cpagent.rpc import CallErrorReceived, NoReply
+from cpagent.settings import password_bytes
 from hal.interfaces import Fault
 
 log = logging.getLogger(__name__)
@@ -478,13 +480,32 @@ class Ocpp16Adapter:
             log.info("ChangeConfiguration rejected: %s", exc)
             return {"status": "Rejected"}
         key = KEYS[name]
+        previous = self.host.shared[key.shared] if key.shared is not None else None
         if key.shared is not None:
             await self.host.put_shared(key.shared, canonical)
         else:
             self.configuration.own[name] = canonical
             await self.host.storage.put_setting(name, canonical)
             self.host.settings_changed()
+        if name == "AuthorizationKey":
+            self._new_password(bytes.fromhex(canonical), password_bytes(previous or ""))
         return {"status": "Accepted"}
+
+    def _new_password(self, new: bytes, previous: bytes | None) -> None:
+        """Used from the next connection on; should the CSMS refuse it, the previous one is
+        tried after three failed connections, and the link says so."""
+        base = self.host.link.base_endpoint()
+        endpoints = [Endpoint(base.url, new, base.security_profile, "AuthorizationKey")]
+        if previous or base.password:
+            endpoints.append(Endpoint(base.url, previous or base.password,
+                                      base.security_profile, "the previous AuthorizationKey"))
+        self.host.link.use_endpoints(endpoints, 3)
+        log.warning("AuthorizationKey changed by the CSMS: reconnecting with it")
+        self._spawn(self._reconnect_soon("the AuthorizationKey was changed"))
+
+    async def _reconnect_soon(self, why: str) -> None:
+        await asyncio.sleep(0.5)  # the answer goes out first
+        self.host.link.reconnect(why)
 
     async def _get_configuration(self, payload: dict) -> dict:
         wanted = payload.get("key")
@@ -494,6 +515,7 @@ class Ocpp16Adapter:
         answer: dict[str, Any] = {
             "configurationKey": [
                 {"key": n, "readonly": KEYS[n].readonly, "value": self.configuration.value(n)}
+                if not KEYS[n].write_only else {"key": n, "readonly": False}  # no value
                 for n in known
             ]
         }

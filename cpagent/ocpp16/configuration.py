@@ -35,7 +35,7 @@ class InvalidValue(ValueError):
 @dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # "bool" | "int" | "csl"
+    kind: str  # "bool" | "int" | "csl" | "key" (hex-encoded secret)
     default: str | Callable[[int], str] | None = None  # None: the shared setting's
     readonly: bool = False
     minimum: int = 0
@@ -43,6 +43,7 @@ class Key:
     allowed: frozenset[str] | None = None  # for csl: the items allowed
     max_items: int | None = None
     shared: str | None = None  # the shared setting this key is
+    write_only: bool = False  # a secret: set, never reported
 
     def normalise(self, value: str, connectors: int) -> str:
         """The canonical wire form of `value`, or InvalidValue."""
@@ -51,6 +52,15 @@ class Key:
             if text.lower() not in ("true", "false"):
                 raise InvalidValue(f"{self.name} takes true or false")
             return text.lower()
+        if self.kind == "key":
+            # Security whitepaper: the password as 16 to 20 bytes, hex-encoded.
+            try:
+                raw = bytes.fromhex(text)
+            except ValueError:
+                raise InvalidValue(f"{self.name} takes hexadecimal digits") from None
+            if not 16 <= len(raw) <= 20:
+                raise InvalidValue(f"{self.name} takes 16 to 20 bytes (32 to 40 hex digits)")
+            return raw.hex()
         if self.kind == "int":
             try:
                 number = int(text)
@@ -91,6 +101,7 @@ KEYS: dict[str, Key] = {
         Key("AuthorizationCacheEnabled", "bool", shared="auth_cache_enabled"),
         Key("AuthorizeRemoteTxRequests", "bool", shared="authorize_remote_start"),
         Key("AdditionalRootCertificateCheck", "bool", "false", readonly=True),
+        Key("AuthorizationKey", "key", shared="basic_auth_key", write_only=True),
         Key("CertificateStoreMaxLength", "int", str(MAX_CERTIFICATES), readonly=True),
         Key("ClockAlignedDataInterval", "int", maximum=86400, shared="aligned_interval"),
         Key("ConnectionTimeOut", "int", minimum=1, maximum=3600, shared="connection_timeout"),
@@ -158,6 +169,8 @@ class Configuration:
 
     def value(self, name: str) -> str:
         key = KEYS[name]
+        if key.write_only:
+            return ""  # never reported, whoever asks
         if key.shared is not None:
             value = self.shared[key.shared]
             # A shared value set through another version may not fit this one's rules.

@@ -75,6 +75,7 @@ from cpagent.ocpp201.vocabulary import (
 )
 from cpagent.records import TRANSACTION_EVENT, OutboxEntry, event_from_json, shifted
 from cpagent.rpc import ConnectionLost, RpcError
+from cpagent.settings import password_bytes, password_key
 from hal.interfaces import Fault
 
 log = logging.getLogger(__name__)
@@ -608,7 +609,8 @@ class Ocpp201Adapter:
             return "Rejected", ("InvalidValue", f"{variable.name} {exc}")
         previous = self.model.value(address)
         if variable.shared is not None:
-            await self.host.put_shared(variable.shared, canonical)
+            await self.host.put_shared(variable.shared, password_key(canonical)
+                                       if variable.name == "BasicAuthPassword" else canonical)
         else:
             self.model.own[address.key] = canonical
             await self.host.storage.put_variable(address.key, canonical)
@@ -636,7 +638,7 @@ class Ocpp201Adapter:
         if name == "BasicAuthPassword":
             # The new password is used from the next connection on; should it be refused,
             # the previous one is tried after NetworkProfileConnectionAttempts.
-            self._apply_network(previous_password=previous or
+            self._apply_network(previous_password=password_bytes(previous) or
                                 self.host.link.base_endpoint().password)
             self._spawn(self._reconnect_later("the BasicAuthPassword was changed"))
         elif name == "NetworkConfigurationPriority":
@@ -910,7 +912,7 @@ class Ocpp201Adapter:
             return "the slot in use cannot be replaced while connected through it"
         return None
 
-    def _endpoint(self, slot: str, password: str | None) -> Endpoint | None:
+    def _endpoint(self, slot: str, password: bytes | None) -> Endpoint | None:
         base = self.host.link.base_endpoint()
         if slot not in self._slots:
             if slot != "1":
@@ -922,9 +924,9 @@ class Ocpp201Adapter:
         return Endpoint(url, password if password is not None else base.password,
                         int(data["security_profile"]), f"network profile slot {slot}")
 
-    def _apply_network(self, previous_password: str | None = None) -> None:
+    def _apply_network(self, previous_password: bytes | None = None) -> None:
         """NetworkConfigurationPriority as the link's order of profiles to try."""
-        new_password = self.host.shared["basic_auth_password"] or None
+        new_password = password_bytes(self.host.shared["basic_auth_key"])
         endpoints: list[Endpoint] = []
         for slot in self.model.items("OCPPCommCtrlr", "NetworkConfigurationPriority"):
             endpoint = self._endpoint(slot, new_password)

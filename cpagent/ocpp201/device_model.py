@@ -165,7 +165,7 @@ CONTROLLERS: list[Variable] = [
     _rw(OCPP, "WebSocketPingInterval", "integer", shared="ping_interval", unit="s",
         minimum=0, maximum=3600),
     _v("SecurityCtrlr", "BasicAuthPassword", "string", mutability="WriteOnly",
-       shared="basic_auth_password", max_length=40),
+       shared="basic_auth_key", max_length=40),
     _v("SecurityCtrlr", "CertificateEntries", "integer", live="certificate_entries"),
     _v("SecurityCtrlr", "Identity", "string", live="identity", max_length=48),
     _rw("SecurityCtrlr", "OrganizationName", "string", default="", max_length=50),

@@ -64,6 +64,7 @@ from cpagent.host import (
     ProtocolAdapter,
     StationInfo,
 )
+from cpagent.identity import ChargerIdentity
 from cpagent.lanes import DEVICE_TIMEOUT, PowerLanes
 from cpagent.outbox import Outbox
 from cpagent.protocols import PREFERRED, SUBPROTOCOLS, adapter_for
@@ -168,6 +169,13 @@ class Agent:
             extra_roots=lambda: self.trust.csms_roots(),
         )
         self.trust = Trust(self.store, self._known_time, self.transport.peer_certificate)
+        csms = config.csms
+        self.identity = ChargerIdentity(
+            data_dir / "identity", config.charge_point.id,
+            (csms.client_cert, csms.client_key)
+            if csms.client_cert is not None and csms.client_key is not None else None,
+            self._trusted_roots, self._known_time)
+        self.transport.identity = self.identity
         self._inputs: asyncio.Queue[tuple[CoreCall, asyncio.Future | None]] = asyncio.Queue()
         self._reset: asyncio.Future[str] | None = None
         self.started_at = time.monotonic()
@@ -502,6 +510,14 @@ class Agent:
         finally:
             with contextlib.suppress(Exception):
                 await self._flush_cache()
+
+    def _trusted_roots(self) -> str:
+        """Every root the charger trusts for the CSMS's side: configured and installed."""
+        configured = ""
+        if self.config.csms.ca_file is not None:
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                configured = self.config.csms.ca_file.read_text("ascii")
+        return configured + self.trust.csms_roots()
 
     def _known_time(self) -> float | None:
         """The time, when the charger knows it (certificate validity is judged by it)."""
@@ -885,6 +901,7 @@ class _Host:
         self.storage = _Storage(agent.store, version)
         self.link = _Link(agent)
         self.certificates = agent.trust
+        self.identity = agent.identity
 
     @property
     def info(self) -> StationInfo:
@@ -1002,7 +1019,7 @@ class _Link:
         # Told as it is: without a password a plain ws:// link has no profile at all, and a
         # wss:// one is profile 3 only when the charger shows a client certificate.
         if endpoint.url.startswith("wss://"):
-            profile = 3 if transport.settings.client_cert is not None else 2
+            profile = 3 if transport.client_credentials() is not None else 2
         else:
             profile = 1 if endpoint.password else 0
         return LinkInfo(endpoint.url, transport.state, transport.version, profile,

@@ -238,6 +238,10 @@ class _CsmsChargePoint(_OcppChargePoint):
     def on_data_transfer(self, **_: Any) -> call_result.DataTransfer:
         return call_result.DataTransfer(status="UnknownVendorId")
 
+    @on(Action.sign_certificate)
+    def on_sign_certificate(self, **_: Any) -> call_result.SignCertificate:
+        return call_result.SignCertificate(status=self._csms.sign_status)
+
     @on(Action.diagnostics_status_notification)
     def on_diagnostics_status_notification(
         self, **_: Any
@@ -311,6 +315,11 @@ class _CsmsChargePoint201(v201.ChargePoint):
     def on_notify_event(self, **_: Any) -> result201.NotifyEvent:
         return result201.NotifyEvent()
 
+    @on(Action201.sign_certificate)
+    def on_sign_certificate(self, **_: Any) -> result201.SignCertificate:
+        # The CSR is in the records; a test signs it and sends CertificateSigned itself.
+        return result201.SignCertificate(status=self._csms.sign_status)
+
     @on(Action201.security_event_notification)
     def on_security_event(self, **_: Any) -> result201.SecurityEventNotification:
         return result201.SecurityEventNotification()
@@ -362,6 +371,7 @@ class DevCsms:
         self.rejected_tags: set[str] = set()
         self.parent_id_tags: dict[str, str] = {}
         self.respond = True
+        self.sign_status = "Accepted"  # the answer to a charger's SignCertificate
         self._last_transaction_id = 0
         self.transaction_ids: dict[str, int] = {}  # StartTransaction message id -> its id
         self.fail_calls: dict[str, int] = {}  # action -> how many to answer with a CallError

@@ -189,6 +189,16 @@ class Certificates(Protocol):
     async def delete(self, wanted: CertificateHash) -> Result: ...
 
 
+class ChargerCertificate(Protocol):
+    """The charger's own client certificate (see `cpagent.identity`)."""
+
+    def signing_request(self, organization: str) -> str:
+        """A new key pair, kept on the charger, and its CSR in PEM."""
+        ...
+
+    def install_signed(self, chain_pem: str) -> Result: ...
+
+
 class AdapterHost(Protocol):
     info: StationInfo
     clock: Clock
@@ -199,6 +209,7 @@ class AdapterHost(Protocol):
     storage: AdapterStorage
     link: Link
     certificates: Certificates
+    identity: ChargerCertificate
     local_list_version: int
 
     @property

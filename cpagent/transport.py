@@ -35,6 +35,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.typing import Subprotocol
 
 from cpagent.host import Endpoint
+from cpagent.identity import ChargerIdentity
 from cpagent.protocols import SUBPROTOCOLS
 
 log = logging.getLogger(__name__)
@@ -164,9 +165,11 @@ class Transport:
         *,
         rng: random.Random | None = None,
         extra_roots: Callable[[], str] | None = None,
+        identity: ChargerIdentity | None = None,
     ) -> None:
         self.settings = settings
         self._extra_roots = extra_roots  # the CSMS roots installed over OCPP (PEM)
+        self.identity = identity  # the charger's client certificate, renewed over OCPP
         self._session = session
         self._ping_interval = ping_interval  # read every round: WebSocketPingInterval may change
         self._rng = rng or random.Random()
@@ -255,9 +258,18 @@ class Transport:
         extra = self._extra_roots() if self._extra_roots is not None else ""
         if extra:
             context.load_verify_locations(cadata=extra)
-        if self.settings.client_cert is not None and self.settings.client_key is not None:
-            context.load_cert_chain(self.settings.client_cert, self.settings.client_key)
+        credentials = self.client_credentials()
+        if credentials is not None:
+            context.load_cert_chain(*credentials)
         return context
+
+    def client_credentials(self) -> tuple[Path, Path] | None:
+        """The client certificate and key for the next connection (security profile 3)."""
+        if self.identity is not None:
+            return self.identity.credentials()
+        if self.settings.client_cert is not None and self.settings.client_key is not None:
+            return self.settings.client_cert, self.settings.client_key
+        return None
 
     def peer_certificate(self) -> bytes | None:
         """The CSMS's certificate (DER) on the link as it is, when it is TLS."""
@@ -299,6 +311,8 @@ class Transport:
                 ) as connection:
                     agreed = connection.subprotocol
                     connected = True
+                    if self.identity is not None:
+                        self.identity.connected()
                     self._failures = 0
                     self.last_error = None  # a good connection: nothing stands in the way
                     if agreed not in by_subprotocol:
@@ -326,6 +340,8 @@ class Transport:
             except ssl.SSLError as exc:
                 self.last_error = tls_problem(exc, endpoint.url)
                 log.error("%s", self.last_error)
+                if self.identity is not None:
+                    self.identity.refused()
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 tls = _tls_cause(exc)
@@ -336,6 +352,8 @@ class Transport:
                         exc.__cause__, EOFError):
                     # In TLS 1.3 the server judges the client certificate after the
                     # handshake; a refusal then shows only as a close before the HTTP answer.
+                    if self.identity is not None:
+                        self.identity.refused()
                     self.last_error = (
                         f"the CSMS at {urlsplit(endpoint.url).hostname} closed the connection "
                         "before answering the WebSocket handshake" + (

@@ -342,7 +342,8 @@ async def test_incoming_calls_are_schema_validated(csms: DevCsms) -> None:
         await ws.send(json.dumps([2, "u3", "Frobnicate", {}]))
         assert (await recv_json(ws))[2] == "NotSupported"
 
-        await ws.send(json.dumps([2, "u4", "SignCertificate", {"csr": "x"}]))
+        await ws.send(json.dumps([2, "u4", "SignedFirmwareStatusNotification",
+                                  {"status": "Downloaded"}]))
         assert (await recv_json(ws))[2] == "NotImplemented"
 
     errors = [r for r in csms.records if r.kind == "error"]
@@ -350,7 +351,7 @@ async def test_incoming_calls_are_schema_validated(csms: DevCsms) -> None:
         ("csms->cp", "BootNotification", "u1"),
         ("csms->cp", "StatusNotification", "u2"),
         ("csms->cp", "Frobnicate", "u3"),
-        ("csms->cp", "SignCertificate", "u4"),
+        ("csms->cp", "SignedFirmwareStatusNotification", "u4"),
     ]
 
 

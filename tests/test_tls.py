@@ -159,3 +159,96 @@ async def test_a_client_certificate_the_csms_does_not_know_is_named(tmp_path):
             assert csms.calls("BootNotification") == []
         finally:
             await charger.stop()
+
+
+def _sign(csr_pem: str, issuer: pki.Issued) -> pki.Issued:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    cert = (x509.CertificateBuilder().subject_name(csr.subject)
+            .issuer_name(issuer.cert.subject).public_key(csr.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(pki.NOW - dt.timedelta(minutes=5))
+            .not_valid_after(pki.NOW + dt.timedelta(days=30))
+            .sign(issuer.key, hashes.SHA256()))
+    return pki.Issued(cert, None)  # type: ignore[arg-type]
+
+
+SIGN = {"1.6": ("ExtendedTriggerMessage", {"requestedMessage": "SignChargePointCertificate"}),
+        "2.0.1": ("TriggerMessage", {"requestedMessage": "SignChargingStationCertificate"})}
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1"])
+async def test_a_certificate_signed_by_the_csms_is_used_from_the_next_connection(
+        version, tmp_path):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    csms_ca, clients = pki.root("CSMS Root"), pki.root("Charger CA")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(csms_ca.pem + clients.pem)  # the CSMS signs with a CA the charger knows
+    first_cert, first_key = pki.leaf(clients, "CP-TEST").write(tmp_path, "factory")
+    subprotocols = ("ocpp1.6",) if version == "1.6" else ("ocpp2.0.1",)
+    async with DevCsms(ssl_context=_requiring_client_certificates(pki.leaf(csms_ca), clients,
+                                                                  tmp_path),
+                       subprotocols=subprotocols) as csms:
+        charger = RunningAgent(make_config(tmp_path / "agent", csms.url, csms={
+            "ca_file": str(ca_file), "client_cert": str(first_cert),
+            "client_key": str(first_key), "ocpp_version": version}), Clock("system"))
+        await charger.start()
+        try:
+            await csms.wait_for_call("StatusNotification")
+            if version == "1.6":
+                assert await csms.call("CP-TEST", "ChangeConfiguration", {
+                    "key": "CpoName", "value": "Example CPO"}) == {"status": "Accepted"}
+            else:
+                await csms.call("CP-TEST", "SetVariables", {"setVariableData": [{
+                    "component": {"name": "SecurityCtrlr"},
+                    "variable": {"name": "OrganizationName"},
+                    "attributeValue": "Example CPO"}]})
+            action, payload = SIGN[version]
+            assert (await csms.call("CP-TEST", action, payload))["status"] == "Accepted"
+            request = await csms.wait_for_call("SignCertificate")
+            csr = x509.load_pem_x509_csr(request.payload["csr"].encode())
+            assert csr.is_signature_valid
+            assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == \
+                "CP-TEST"
+            assert csr.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value \
+                == "Example CPO"
+            identity = tmp_path / "agent" / "identity"
+            assert (identity / "pending.key").stat().st_mode & 0o777 == 0o600
+            assert b"PRIVATE KEY" not in request.payload["csr"].encode()
+
+            # A chain for another key, and garbage, are refused.
+            stranger = pki.leaf(clients, "CP-TEST")
+            for bad in (stranger.pem, "not a certificate"):
+                assert (await csms.call("CP-TEST", "CertificateSigned", {
+                    "certificateChain": bad}))["status"] == "Rejected"
+            # One signed by a CA the charger does not trust, too.
+            untrusted = _sign(request.payload["csr"], pki.root("Nobody"))
+            assert (await csms.call("CP-TEST", "CertificateSigned", {
+                "certificateChain": untrusted.pem}))["status"] == "Rejected"
+
+            signed = _sign(request.payload["csr"], clients)
+            assert (await csms.call("CP-TEST", "CertificateSigned", {
+                "certificateChain": signed.pem}))["status"] == "Accepted"
+            assert (identity / "next.pem").exists()
+            # The next connection shows the new certificate, which then replaces the old.
+            mark = csms.mark()
+            await csms.drop("CP-TEST")
+            await csms.wait_for_call("StatusNotification", after=mark, timeout=10)
+            for _ in range(100):
+                if (identity / "current.pem").exists():
+                    break
+                await asyncio.sleep(0.01)
+            assert x509.load_pem_x509_certificate((identity / "current.pem").read_bytes()) \
+                .serial_number == signed.cert.serial_number
+            assert not (identity / "next.pem").exists()
+            peer = csms._sessions["CP-TEST"].ws.transport.get_extra_info("ssl_object")
+            shown = x509.load_der_x509_certificate(peer.getpeercert(binary_form=True))
+            assert shown.serial_number == signed.cert.serial_number
+        finally:
+            await charger.stop()

@@ -112,6 +112,8 @@ class Ocpp16Adapter:
             "DeleteCertificate": lambda p: certificates.delete_certificate(self.host, p),
             "GetInstalledCertificateIds":
                 lambda p: certificates.get_installed_certificate_ids(self.host, p),
+            "CertificateSigned": lambda p: certificates.certificate_signed(self.host, p),
+            "ExtendedTriggerMessage": self._extended_trigger,
         }
 
     # ---- settings ---------------------------------------------------------------------------
@@ -490,6 +492,31 @@ class Ocpp16Adapter:
         if name == "AuthorizationKey":
             self._new_password(bytes.fromhex(canonical), password_bytes(previous or ""))
         return {"status": "Accepted"}
+
+    async def _extended_trigger(self, payload: dict) -> dict:
+        match payload["requestedMessage"]:
+            case "SignChargePointCertificate":
+                self._spawn(self._renew_certificate())
+            case "Heartbeat":
+                self._spawn(self._later(lambda: self.host.queue.send("Heartbeat", {})))
+            case _:
+                return {"status": "NotImplemented"}
+        return {"status": "Accepted"}
+
+    async def _later(self, send: Any) -> None:
+        await asyncio.sleep(0.05)  # the answer to the trigger goes out first
+        with contextlib.suppress(Exception):
+            await send()
+
+    async def _renew_certificate(self) -> None:
+        await asyncio.sleep(0.05)
+        try:
+            status = await certificates.send_signing_request(
+                self.host, self.configuration.value("CpoName"))
+        except Exception as exc:  # no answer: the CSMS may trigger it again
+            log.warning("SignCertificate got no answer (%s)", exc)
+            return
+        log.info("SignCertificate: the CSMS answered %s", status)
 
     def _new_password(self, new: bytes, previous: bytes | None) -> None:
         """Used from the next connection on; should the CSMS refuse it, the previous one is

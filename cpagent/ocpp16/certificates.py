@@ -41,3 +41,15 @@ async def get_installed_certificate_ids(host: AdapterHost, payload: dict) -> dic
         return {"status": "NotFound"}
     return {"status": "Accepted",
             "certificateHashData": [hash_to_wire(c.hash) for c in installed]}
+
+
+async def send_signing_request(host: AdapterHost, organization: str) -> str:
+    """SignCertificate with a CSR for a key made here; the CSMS's answer status."""
+    csr = host.identity.signing_request(organization)
+    answer = await host.queue.send("SignCertificate", {"csr": csr})
+    return str(answer.get("status"))
+
+
+async def certificate_signed(host: AdapterHost, payload: dict) -> dict:
+    result = host.identity.install_signed(payload["certificateChain"])
+    return {"status": "Accepted" if result.outcome is Outcome.ACCEPTED else "Rejected"}

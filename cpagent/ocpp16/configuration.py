@@ -35,7 +35,7 @@ class InvalidValue(ValueError):
 @dataclass(frozen=True)
 class Key:
     name: str
-    kind: str  # "bool" | "int" | "csl" | "key" (hex-encoded secret)
+    kind: str  # "bool" | "int" | "csl" | "text" | "key" (hex-encoded secret)
     default: str | Callable[[int], str] | None = None  # None: the shared setting's
     readonly: bool = False
     minimum: int = 0
@@ -52,6 +52,10 @@ class Key:
             if text.lower() not in ("true", "false"):
                 raise InvalidValue(f"{self.name} takes true or false")
             return text.lower()
+        if self.kind == "text":
+            if len(text) > self.maximum:
+                raise InvalidValue(f"{self.name} takes at most {self.maximum} characters")
+            return text
         if self.kind == "key":
             # Security whitepaper: the password as 16 to 20 bytes, hex-encoded.
             try:
@@ -103,6 +107,8 @@ KEYS: dict[str, Key] = {
         Key("AdditionalRootCertificateCheck", "bool", "false", readonly=True),
         Key("AuthorizationKey", "key", shared="basic_auth_key", write_only=True),
         Key("CertificateStoreMaxLength", "int", str(MAX_CERTIFICATES), readonly=True),
+        # The organization in the charger's certificate signing requests (whitepaper 1.4).
+        Key("CpoName", "text", "", maximum=50),
         Key("ClockAlignedDataInterval", "int", maximum=86400, shared="aligned_interval"),
         Key("ConnectionTimeOut", "int", minimum=1, maximum=3600, shared="connection_timeout"),
         Key("ConnectorPhaseRotation", "csl", lambda n: ",".join(

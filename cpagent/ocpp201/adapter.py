@@ -206,6 +206,7 @@ class Ocpp201Adapter:
             "DeleteCertificate": lambda p: certificates.delete_certificate(self.host, p),
             "GetInstalledCertificateIds":
                 lambda p: certificates.get_installed_certificate_ids(self.host, p),
+            "CertificateSigned": lambda p: certificates.certificate_signed(self.host, p),
         }
 
     # ---- settings ---------------------------------------------------------------------------
@@ -607,10 +608,13 @@ class Ocpp201Adapter:
             self._check_value(address, canonical)
         except InvalidValue as exc:
             return "Rejected", ("InvalidValue", f"{variable.name} {exc}")
-        previous = self.model.value(address)
+        secret = variable.name == "BasicAuthPassword"
+        # The stored form of the password is its bytes in hex, not a value of the variable.
+        previous = self.host.shared[variable.shared] if secret and variable.shared else \
+            self.model.value(address)
         if variable.shared is not None:
-            await self.host.put_shared(variable.shared, password_key(canonical)
-                                       if variable.name == "BasicAuthPassword" else canonical)
+            await self.host.put_shared(variable.shared,
+                                       password_key(canonical) if secret else canonical)
         else:
             self.model.own[address.key] = canonical
             await self.host.storage.put_variable(address.key, canonical)
@@ -802,6 +806,8 @@ class Ocpp201Adapter:
             case "MeterValues":
                 self._spawn(self._later(lambda: self.host.submit(
                     lambda core, now: core.trigger_meter_values(evse_ids, now))))
+            case "SignChargingStationCertificate":
+                self._spawn(self._renew_certificate())
             case "TransactionEvent":
                 running = await self.host.ask(lambda core, now: [
                     t.evse_id for t in core.transactions()
@@ -819,6 +825,16 @@ class Ocpp201Adapter:
         await asyncio.sleep(TRIGGER_DELAY)
         if self.is_online or self.registration is not None:
             fn()
+
+    async def _renew_certificate(self) -> None:
+        await asyncio.sleep(TRIGGER_DELAY)
+        organization = self.model.text("SecurityCtrlr", "OrganizationName")
+        try:
+            status = await certificates.send_signing_request(self.host, organization)
+        except Exception as exc:  # no answer: the CSMS may trigger it again
+            log.warning("SignCertificate got no answer (%s)", exc)
+            return
+        log.info("SignCertificate: the CSMS answered %s", status)
 
     async def _triggered_boot(self) -> None:
         await asyncio.sleep(TRIGGER_DELAY)

@@ -55,3 +55,23 @@ async def get_installed_certificate_ids(host: AdapterHost, payload: dict) -> dic
     return {"status": "Accepted", "certificateHashDataChain": [
         {"certificateType": WIRE_USES[c.use], "certificateHashData": hash_to_wire(c.hash)}
         for c in installed]}
+
+
+async def send_signing_request(host: AdapterHost, organization: str) -> str:
+    """SignCertificate with a CSR for a key made here; the CSMS's answer status."""
+    csr = host.identity.signing_request(organization)
+    answer = await host.queue.send("SignCertificate", {
+        "csr": csr, "certificateType": "ChargingStationCertificate"})
+    return str(answer.get("status"))
+
+
+async def certificate_signed(host: AdapterHost, payload: dict) -> dict:
+    if payload.get("certificateType", "ChargingStationCertificate") != \
+            "ChargingStationCertificate":
+        # No ISO 15118 stack: a V2G certificate has no use here.
+        return {"status": "Rejected", "statusInfo": {
+            "reasonCode": "NotSupported", "additionalInfo": "no ISO 15118 support"}}
+    result = host.identity.install_signed(payload["certificateChain"])
+    if result.outcome is Outcome.ACCEPTED:
+        return {"status": "Accepted"}
+    return {"status": "Rejected", **_status_info(result.reason)}

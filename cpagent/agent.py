@@ -69,7 +69,8 @@ from cpagent.lanes import DEVICE_TIMEOUT, PowerLanes
 from cpagent.outbox import Outbox
 from cpagent.protocols import PREFERRED, SUBPROTOCOLS, adapter_for
 from cpagent.recorder import Recorder, StartRefused
-from cpagent.records import OutboxEntry, TransactionRow
+from cpagent.records import SECURITY_EVENT, OutboxEntry, TransactionRow
+from cpagent.security_events import SecurityEvent, SecurityLog, event_record
 from cpagent.session import BootGate, OcppSession, SessionServices
 from cpagent.settings import SharedSettings, password_bytes, password_key
 from cpagent.store import AsyncStore, NewRecord, Store, TokenRow
@@ -176,6 +177,8 @@ class Agent:
             if csms.client_cert is not None and csms.client_key is not None else None,
             self._trusted_roots, self._known_time)
         self.transport.identity = self.identity
+        self.transport.on_security_problem = self.security_event
+        self.security_log = SecurityLog(data_dir / "security.log")
         self._inputs: asyncio.Queue[tuple[CoreCall, asyncio.Future | None]] = asyncio.Queue()
         self._reset: asyncio.Future[str] | None = None
         self.started_at = time.monotonic()
@@ -403,6 +406,8 @@ class Agent:
         jump = self.clock.csms_time(csms_now)
         if jump is not None:
             await self.ask(lambda core, now: core.clock_synchronised(now, jump))
+            self.security_event(SecurityEvent.SETTING_SYSTEM_TIME,
+                                f"time taken from the CSMS (moved by {jump:+.1f} s)")
 
     def time_correction(self, entry: OutboxEntry) -> float:
         """How far to move the stamps of a record queued before the time was known."""
@@ -535,9 +540,30 @@ class Agent:
                 self._spawn(self._tell_disk_full())
 
     async def _tell_disk_full(self) -> None:
+        # Not through the queue: the disk it would be written to is what is full.
+        text = "disk full: the database cannot grow"
+        self.security_log.write(SecurityEvent.MEMORY_EXHAUSTION, self.clock.now(), text)
         with contextlib.suppress(Exception):
-            await self.adapter.station_event("MemoryExhaustion",
-                                             "disk full: the database cannot grow")
+            await self.adapter.station_event(SecurityEvent.MEMORY_EXHAUSTION, text)
+
+    def security_event(self, event: SecurityEvent, info: str) -> None:
+        """Into the local security log now, and durably queued for the CSMS."""
+        now = self.clock.now()
+        self.security_log.write(event, now, info)
+        log.warning("security event %s: %s", event.value, info)
+        self._spawn(self._queue_security_event(event, now, info))
+
+    async def _queue_security_event(self, event: SecurityEvent, now: float, info: str) -> None:
+        try:
+            entry = await self.store.enqueue(NewRecord(
+                SECURITY_EVENT, self.active_version, event_record(event, now, info), None,
+                now, self.clock.stamp_trusted(now), self.boot_id))
+        except Exception as exc:  # storage trouble: say it now rather than never
+            log.error("security event %s not queued (%s): sending it unqueued", event, exc)
+            with contextlib.suppress(Exception):
+                await self.adapter.station_event(event, info)
+            return
+        self.outbox.durable_added(entry)
 
     async def _guard_disk(self) -> None:
         while True:
@@ -641,6 +667,10 @@ class Agent:
         self.transport.base = Endpoint(url, password, security_profile(self.transport.settings))
         self.transport.use_endpoints([self.transport.base], 3)
         self.boot_reason = await self._boot_reason()
+        self.security_event(
+            SecurityEvent.STARTUP if self.boot_reason is BootReason.POWER_UP
+            else SecurityEvent.RESET_OR_REBOOT, f"cpagent {__version__} started "
+            f"({self.boot_reason.value})")
         hosts = {v: _Host(self, v) for v in versions}
         self.adapters = {v: adapter_for(v, hosts[v]) for v in versions}
         for adapter in self.adapters.values():
@@ -787,11 +817,7 @@ class Agent:
         self._spawn(self._tell_recovery(recovery.describe()))
 
     async def _tell_recovery(self, text: str) -> None:
-        # The CSMS hears of it once connected; the log and `status` already know.
-        while not self.online:
-            await asyncio.sleep(1.0)
-        with contextlib.suppress(Exception):
-            await self.adapter.station_event("StorageDamaged", text[:255])
+        self.security_event(SecurityEvent.STORAGE_DAMAGED, text)
 
     # ---- what `cpagent status` shows ---------------------------------------------------------
 
@@ -947,6 +973,9 @@ class _Host:
 
     def note(self, problem: str | None) -> None:
         self._agent.last_error = problem
+
+    def security_event(self, event: SecurityEvent, info: str) -> None:
+        self._agent.security_event(event, info)
 
 
 class _Queue:

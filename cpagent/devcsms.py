@@ -238,6 +238,10 @@ class _CsmsChargePoint(_OcppChargePoint):
     def on_data_transfer(self, **_: Any) -> call_result.DataTransfer:
         return call_result.DataTransfer(status="UnknownVendorId")
 
+    @on(Action.security_event_notification)
+    def on_security_event(self, **_: Any) -> call_result.SecurityEventNotification:
+        return call_result.SecurityEventNotification()
+
     @on(Action.sign_certificate)
     def on_sign_certificate(self, **_: Any) -> call_result.SignCertificate:
         return call_result.SignCertificate(status=self._csms.sign_status)

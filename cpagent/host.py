@@ -21,6 +21,7 @@ from cpagent.core.actions import Action
 from cpagent.core.model import AuthInfo, CoreSettings, IdToken
 from cpagent.core.station import ChargingStation
 from cpagent.records import OutboxEntry, TransactionRow
+from cpagent.security_events import SecurityEvent
 
 if TYPE_CHECKING:
     from cpagent.clock import Clock
@@ -242,6 +243,10 @@ class AdapterHost(Protocol):
         """What `cpagent status` should show as the last problem (None clears it)."""
         ...
 
+    def security_event(self, event: SecurityEvent, info: str) -> None:
+        """Into the security log, and durably to the CSMS."""
+        ...
+
 
 class ProtocolAdapter(Protocol):
     """One OCPP version: its vocabulary, messages and settings."""
@@ -288,7 +293,7 @@ class ProtocolAdapter(Protocol):
 
     async def delivered(self, entry: OutboxEntry, message: Message, answer: dict) -> None: ...
 
-    async def station_event(self, kind: str, text: str) -> None:
+    async def station_event(self, event: SecurityEvent, text: str) -> None:
         """Tell the CSMS of something the operator must know (a full disk, a damaged
         database), as this version reports such events."""
         ...

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from cpagent.host import Message, RetryPolicy, Undeliverable
 from cpagent.logs import RateLimited
-from cpagent.records import OutboxEntry
+from cpagent.records import TRANSACTION_EVENT, OutboxEntry
 from cpagent.rpc import CallErrorReceived, CallTimeout, ConnectionLost, RpcEndpoint, RpcError
 
 if TYPE_CHECKING:
@@ -234,6 +234,12 @@ class Outbox:
 
     async def _refused(self, entry: OutboxEntry, message: Message, exc: CallErrorReceived,
                        final_refusal: FinalRefusal, policy: RetryPolicy) -> float | None:
+        if entry.kind != TRANSACTION_EVENT and exc.code in ("NotImplemented", "NotSupported"):
+            # A CSMS without the message (many 1.6 ones lack the security extension) will
+            # never take it: retrying would only hold up the transaction records behind it.
+            quiet.warning(f"unsupported-{message.action}", "the CSMS does not take %s (%s): "
+                          "not sent again", message.action, exc.code)
+            return None
         await self._store.outbox_attempted(entry.seq)
         attempts = entry.attempts + 1
         if attempts >= policy.attempts():

@@ -22,6 +22,7 @@ from cpagent.core.model import (
 from hal.interfaces import Fault, MeterReading
 
 TRANSACTION_EVENT = "transaction_event"
+SECURITY_EVENT = "security_event"  # see cpagent.security_events
 
 
 @dataclass(frozen=True, slots=True)

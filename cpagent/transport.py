@@ -37,6 +37,7 @@ from websockets.typing import Subprotocol
 from cpagent.host import Endpoint
 from cpagent.identity import ChargerIdentity
 from cpagent.protocols import SUBPROTOCOLS
+from cpagent.security_events import SecurityEvent
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,10 @@ class Transport:
         self.settings = settings
         self._extra_roots = extra_roots  # the CSMS roots installed over OCPP (PEM)
         self.identity = identity  # the charger's client certificate, renewed over OCPP
+        # Told of a refused password or server certificate (a security event), once per
+        # kind of failure until a connection succeeds again.
+        self.on_security_problem: Callable[[SecurityEvent, str], None] | None = None
+        self._security_told: set[SecurityEvent] = set()
         self._session = session
         self._ping_interval = ping_interval  # read every round: WebSocketPingInterval may change
         self._rng = rng or random.Random()
@@ -271,6 +276,11 @@ class Transport:
             return self.settings.client_cert, self.settings.client_key
         return None
 
+    def _security(self, event: SecurityEvent, info: str) -> None:
+        if self.on_security_problem is not None and event not in self._security_told:
+            self._security_told.add(event)
+            self.on_security_problem(event, info)
+
     def peer_certificate(self) -> bytes | None:
         """The CSMS's certificate (DER) on the link as it is, when it is TLS."""
         connection = self._connection
@@ -311,6 +321,7 @@ class Transport:
                 ) as connection:
                     agreed = connection.subprotocol
                     connected = True
+                    self._security_told.clear()
                     if self.identity is not None:
                         self.identity.connected()
                     self._failures = 0
@@ -337,9 +348,14 @@ class Transport:
                     "csms.password, or the AuthorizationKey / BasicAuthPassword the CSMS set)"
                     if status == 401 else "")
                 log.error("%s", self.last_error)
+                if status == 401:
+                    self._security(SecurityEvent.FAILED_TO_AUTHENTICATE_AT_CSMS,
+                                   self.last_error)
             except ssl.SSLError as exc:
                 self.last_error = tls_problem(exc, endpoint.url)
                 log.error("%s", self.last_error)
+                if isinstance(exc, ssl.SSLCertVerificationError):
+                    self._security(SecurityEvent.INVALID_CSMS_CERTIFICATE, self.last_error)
                 if self.identity is not None:
                     self.identity.refused()
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:

@@ -445,8 +445,9 @@ async def test_a_damaged_database_is_moved_aside_told_and_its_sessions_kept(tmp_
             assert stop.payload["reason"] == "PowerLoss"
             assert stop.payload["transactionId"] == csms.transaction_ids[first.unique_id]
             assert csms.calls("StartTransaction") == [first]  # not started a second time
-            event = await csms.wait_for_call("SecurityEventNotification", after=mark,
-                                             timeout=10)
+            event = await csms.wait_for_call(
+                "SecurityEventNotification", after=mark, timeout=10,
+                predicate=lambda p: p["type"] == "StorageDamaged")
             assert "damaged" in event.payload["techInfo"]
         finally:
             await cp.stop()

@@ -57,13 +57,21 @@ from cpagent.ocpp16.metering import meter_value
 from cpagent.ocpp16.vocabulary import (
     ERROR_CODES,
     MAX_ID_TAG,
+    SECURITY_EVENTS,
     STATUS,
     id_tag,
     id_tag_info,
     stop_reason,
 )
-from cpagent.records import TRANSACTION_EVENT, OutboxEntry, event_from_json, shifted
+from cpagent.records import (
+    SECURITY_EVENT,
+    TRANSACTION_EVENT,
+    OutboxEntry,
+    event_from_json,
+    shifted,
+)
 from cpagent.rpc import CallErrorReceived, NoReply
+from cpagent.security_events import SecurityEvent
 from cpagent.settings import password_bytes
 from hal.interfaces import Fault
 
@@ -283,11 +291,20 @@ class Ocpp16Adapter:
                             "MeterValues", {"connectorId": action.evse_id, "meterValue": [value]})
                         future.add_done_callback(lambda f: f.cancelled() or f.exception())
 
-    async def station_event(self, kind: str, text: str) -> None:
+    def _security_event_message(self, record: dict, shift: float) -> Message:
+        try:
+            name = SECURITY_EVENTS[SecurityEvent(record["event"])]
+        except (KeyError, ValueError):
+            name = str(record.get("event", "Unknown"))
+        return Message("SecurityEventNotification", {
+            "type": name[:50], "timestamp": format_time(float(record["timestamp"]) + shift),
+            "techInfo": str(record.get("tech_info", ""))[:255]})
+
+    async def station_event(self, event: SecurityEvent, text: str) -> None:
         """The security whitepaper's SecurityEventNotification; a CSMS without it answers
         NotImplemented, which costs nothing."""
         future = self.host.queue.send("SecurityEventNotification", {
-            "type": kind[:50], "timestamp": format_time(self.host.clock.now()),
+            "type": SECURITY_EVENTS[event], "timestamp": format_time(self.host.clock.now()),
             "techInfo": text[:255]}, urgent=True)
         with contextlib.suppress(Exception):
             await future
@@ -313,6 +330,8 @@ class Ocpp16Adapter:
     # ---- the durable queue: records become 1.6 messages at send time -------------------------
 
     async def render(self, entry: OutboxEntry, shift: float) -> list[Message]:
+        if entry.kind == SECURITY_EVENT:
+            return [self._security_event_message(entry.record, shift)]
         if entry.kind != TRANSACTION_EVENT:
             log.warning("no OCPP 1.6 message for a queued %s record; skipped", entry.kind)
             return []
@@ -528,6 +547,8 @@ class Ocpp16Adapter:
                                       base.security_profile, "the previous AuthorizationKey"))
         self.host.link.use_endpoints(endpoints, 3)
         log.warning("AuthorizationKey changed by the CSMS: reconnecting with it")
+        self.host.security_event(SecurityEvent.RECONFIGURATION,
+                                 "AuthorizationKey changed by the Central System")
         self._spawn(self._reconnect_soon("the AuthorizationKey was changed"))
 
     async def _reconnect_soon(self, why: str) -> None:

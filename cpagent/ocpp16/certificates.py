@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cpagent.certificates import CertificateHash, CertificateUse, HashAlgorithm, Outcome
 from cpagent.host import AdapterHost
+from cpagent.security_events import SecurityEvent
 
 USES = {"CentralSystemRootCertificate": CertificateUse.CSMS_ROOT,
         "ManufacturerRootCertificate": CertificateUse.MANUFACTURER_ROOT}
@@ -27,11 +28,17 @@ def hash_from_wire(data: dict) -> CertificateHash:
 async def install_certificate(host: AdapterHost, payload: dict) -> dict:
     result = await host.certificates.install(USES[payload["certificateType"]],
                                              payload["certificate"], host.clock.now())
+    if result.outcome is Outcome.ACCEPTED and not result.reason:
+        host.security_event(SecurityEvent.RECONFIGURATION,
+                            f"{payload['certificateType']} installed")
     return {"status": _INSTALL[result.outcome]}
 
 
 async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
     result = await host.certificates.delete(hash_from_wire(payload["certificateHashData"]))
+    if result.outcome is Outcome.ACCEPTED:
+        host.security_event(SecurityEvent.RECONFIGURATION, "a certificate was deleted "
+                            f"(serial {payload['certificateHashData']['serialNumber']})"[:255])
     return {"status": _DELETE[result.outcome]}
 
 
@@ -52,4 +59,6 @@ async def send_signing_request(host: AdapterHost, organization: str) -> str:
 
 async def certificate_signed(host: AdapterHost, payload: dict) -> dict:
     result = host.identity.install_signed(payload["certificateChain"])
+    if result.outcome is not Outcome.ACCEPTED:
+        host.security_event(SecurityEvent.INVALID_CHARGER_CERTIFICATE, result.reason)
     return {"status": "Accepted" if result.outcome is Outcome.ACCEPTED else "Rejected"}

@@ -6,6 +6,7 @@ from typing import Any
 
 from cpagent.clock import parse_time
 from cpagent.core.model import AuthInfo, AuthStatus, ConnectorStatus, IdToken, StopReason
+from cpagent.security_events import SecurityEvent
 from hal.interfaces import Fault
 
 MAX_ID_TAG = 20  # IdToken is CiString20Type
@@ -80,3 +81,17 @@ def id_tag_info(data: Any) -> AuthInfo:
         except ValueError:
             expiry = None
     return AuthInfo(status, id_tag(data.get("parentIdTag")), expiry)
+
+
+# The security whitepaper's names for the security events (its Appendix 1).
+SECURITY_EVENTS = {
+    SecurityEvent.STARTUP: "StartupOfTheDevice",
+    SecurityEvent.RESET_OR_REBOOT: "ResetOrReboot",
+    SecurityEvent.FAILED_TO_AUTHENTICATE_AT_CSMS: "FailedToAuthenticateAtCentralSystem",
+    SecurityEvent.INVALID_CSMS_CERTIFICATE: "InvalidCentralSystemCertificate",
+    SecurityEvent.RECONFIGURATION: "ReconfigurationOfSecurityParameters",
+    SecurityEvent.SETTING_SYSTEM_TIME: "SettingSystemTime",
+    SecurityEvent.MEMORY_EXHAUSTION: "MemoryExhaustion",
+    SecurityEvent.STORAGE_DAMAGED: "StorageDamaged",
+    SecurityEvent.INVALID_CHARGER_CERTIFICATE: "InvalidChargePointCertificate",
+}

@@ -65,6 +65,7 @@ from cpagent.ocpp201.vocabulary import (
     BOOT_REASONS,
     CHARGING_STATES,
     MAX_ID_TOKEN,
+    SECURITY_EVENTS,
     TRIGGERS,
     TX_POINTS,
     connector_status,
@@ -73,8 +74,15 @@ from cpagent.ocpp201.vocabulary import (
     token_from_wire,
     token_to_wire,
 )
-from cpagent.records import TRANSACTION_EVENT, OutboxEntry, event_from_json, shifted
+from cpagent.records import (
+    SECURITY_EVENT,
+    TRANSACTION_EVENT,
+    OutboxEntry,
+    event_from_json,
+    shifted,
+)
 from cpagent.rpc import ConnectionLost, RpcError
+from cpagent.security_events import SecurityEvent
 from cpagent.settings import password_bytes, password_key
 from hal.interfaces import Fault
 
@@ -424,9 +432,18 @@ class Ocpp201Adapter:
                     if value is not None:
                         self._send("MeterValues", {"evseId": evse_id, "meterValue": [value]})
 
-    async def station_event(self, kind: str, text: str) -> None:
+    def _security_event_message(self, record: dict, shift: float) -> Message:
+        try:
+            name = SECURITY_EVENTS[SecurityEvent(record["event"])]
+        except (KeyError, ValueError):
+            name = str(record.get("event", "Unknown"))
+        return Message("SecurityEventNotification", {
+            "type": name[:50], "timestamp": format_time(float(record["timestamp"]) + shift),
+            "techInfo": str(record.get("tech_info", ""))[:255]})
+
+    async def station_event(self, event: SecurityEvent, text: str) -> None:
         future = self.host.queue.send("SecurityEventNotification", {
-            "type": kind[:50], "timestamp": format_time(self.host.clock.now()),
+            "type": SECURITY_EVENTS[event], "timestamp": format_time(self.host.clock.now()),
             "techInfo": text[:255]}, urgent=True)
         with contextlib.suppress(Exception):
             await future
@@ -446,6 +463,8 @@ class Ocpp201Adapter:
     # ---- the durable queue: each event is one TransactionEvent -------------------------------
 
     async def render(self, entry: OutboxEntry, shift: float) -> list[Message]:
+        if entry.kind == SECURITY_EVENT:
+            return [self._security_event_message(entry.record, shift)]
         if entry.kind != TRANSACTION_EVENT:
             log.warning("no OCPP 2.0.1 message for a queued %s record; skipped", entry.kind)
             return []
@@ -640,6 +659,8 @@ class Ocpp201Adapter:
     async def _applied(self, address: Address, previous: str) -> None:
         name = address.variable.name
         if name == "BasicAuthPassword":
+            self.host.security_event(SecurityEvent.RECONFIGURATION,
+                                     "BasicAuthPassword changed by the CSMS")
             # The new password is used from the next connection on; should it be refused,
             # the previous one is tried after NetworkProfileConnectionAttempts.
             self._apply_network(previous_password=password_bytes(previous) or

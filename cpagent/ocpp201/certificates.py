@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from cpagent.certificates import CertificateHash, CertificateUse, HashAlgorithm, Outcome
 from cpagent.host import AdapterHost
+from cpagent.security_events import SecurityEvent
 
 USES = {"CSMSRootCertificate": CertificateUse.CSMS_ROOT,
         "ManufacturerRootCertificate": CertificateUse.MANUFACTURER_ROOT,
@@ -35,12 +36,18 @@ def hash_from_wire(data: dict) -> CertificateHash:
 async def install_certificate(host: AdapterHost, payload: dict) -> dict:
     result = await host.certificates.install(USES[payload["certificateType"]],
                                              payload["certificate"], host.clock.now())
+    if result.outcome is Outcome.ACCEPTED and not result.reason:
+        host.security_event(SecurityEvent.RECONFIGURATION,
+                            f"{payload['certificateType']} installed")
     status = _INSTALL[result.outcome]
     return {"status": status, **(_status_info(result.reason) if status != "Accepted" else {})}
 
 
 async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
     result = await host.certificates.delete(hash_from_wire(payload["certificateHashData"]))
+    if result.outcome is Outcome.ACCEPTED:
+        host.security_event(SecurityEvent.RECONFIGURATION, "a certificate was deleted "
+                            f"(serial {payload['certificateHashData']['serialNumber']})"[:255])
     status = _DELETE[result.outcome]
     return {"status": status, **(_status_info(result.reason) if status == "Failed" else {})}
 
@@ -72,6 +79,8 @@ async def certificate_signed(host: AdapterHost, payload: dict) -> dict:
         return {"status": "Rejected", "statusInfo": {
             "reasonCode": "NotSupported", "additionalInfo": "no ISO 15118 support"}}
     result = host.identity.install_signed(payload["certificateChain"])
+    if result.outcome is not Outcome.ACCEPTED:
+        host.security_event(SecurityEvent.INVALID_CHARGER_CERTIFICATE, result.reason)
     if result.outcome is Outcome.ACCEPTED:
         return {"status": "Accepted"}
     return {"status": "Rejected", **_status_info(result.reason)}

@@ -18,6 +18,7 @@ from cpagent.core.model import (
     TxPoint,
 )
 from cpagent.host import BootReason
+from cpagent.security_events import SecurityEvent
 from hal.interfaces import Fault
 
 MAX_ID_TOKEN = 36  # IdTokenType.idToken is identifierString 36
@@ -195,3 +196,17 @@ def info_to_wire(info: AuthInfo) -> dict:
     if info.evse_ids:
         data["evseId"] = list(info.evse_ids)
     return data
+
+
+# OCPP 2.0.1's security event names (part 2, appendix: Security Events).
+SECURITY_EVENTS = {
+    SecurityEvent.STARTUP: "StartupOfTheDevice",
+    SecurityEvent.RESET_OR_REBOOT: "ResetOrReboot",
+    SecurityEvent.FAILED_TO_AUTHENTICATE_AT_CSMS: "FailedToAuthenticateAtCsms",
+    SecurityEvent.INVALID_CSMS_CERTIFICATE: "InvalidCsmsCertificate",
+    SecurityEvent.RECONFIGURATION: "ReconfigurationOfSecurityParameters",
+    SecurityEvent.SETTING_SYSTEM_TIME: "SettingSystemTime",
+    SecurityEvent.MEMORY_EXHAUSTION: "MemoryExhaustion",
+    SecurityEvent.STORAGE_DAMAGED: "StorageDamaged",
+    SecurityEvent.INVALID_CHARGER_CERTIFICATE: "InvalidChargingStationCertificate",
+}

@@ -177,7 +177,8 @@ class Transport:
         self._security_told: set[SecurityEvent] = set()
         self._session = session
         self._ping_interval = ping_interval  # read every round: WebSocketPingInterval may change
-        self._rng = rng or random.Random()
+        # bandit B311: backoff jitter, not a secret
+        self._rng = rng or random.Random()  # nosec B311
         self._network_up = asyncio.Event()
         self._network_up.set()
         self._kick = asyncio.Event()  # cuts a backoff wait short when the network returns

@@ -56,3 +56,12 @@ def beside(name: str, figures: dict[str, float], unit: str, lower_is_better: boo
     verdict = "ok" if ratio <= limit else "OVER"
     return (f"{name}: 1.6 {old:.3f} {unit}, 2.0.1 {new:.3f} {unit}; 2.0.1 / 1.6 = "
             f"{ratio:.2f} (limit {limit}) {verdict}")
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")

@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _common import agent_command, env, write_config
+from _common import agent_command, env, rss_kib, write_config
 
 from cpagent.devcsms import CP_TO_CSMS, DevCsms
 
@@ -51,14 +51,6 @@ LOCAL_LIST = {
                                '"localAuthorizationList":[{"idToken":{"idToken":"STR",'
                                '"type":"Central"},"idTokenInfo":{"status":"Accepted"}}]}'),
 }
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def config_for(url: str, version: str) -> Path:

@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 import sys
 
-from _common import SUBPROTOCOLS, VERSIONS, agent_command, beside, env, write_config
+from _common import SUBPROTOCOLS, VERSIONS, agent_command, beside, env, rss_kib, write_config
 
 from cpagent.devcsms import DevCsms
 
@@ -17,14 +17,6 @@ TARGET = 1.2
 # What a running agent imports beyond the standard library (the mock HAL needs no driver).
 DEPENDENCIES = ["ocpp", "ocpp.v16", "ocpp.messages", "jsonschema", "websockets",
                 "websockets.asyncio.client", "sqlite3"]
-
-
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def bare_rss() -> int:

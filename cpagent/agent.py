@@ -667,15 +667,16 @@ class Agent:
         self.transport.base = Endpoint(url, password, security_profile(self.transport.settings))
         self.transport.use_endpoints([self.transport.base], 3)
         self.boot_reason = await self._boot_reason()
-        self.security_event(
-            SecurityEvent.STARTUP if self.boot_reason is BootReason.POWER_UP
-            else SecurityEvent.RESET_OR_REBOOT, f"cpagent {__version__} started "
-            f"({self.boot_reason.value})")
         hosts = {v: _Host(self, v) for v in versions}
         self.adapters = {v: adapter_for(v, hosts[v]) for v in versions}
         for adapter in self.adapters.values():
             await adapter.load()
         self.active_version = versions[0]
+        # Queued once the version is known: the record carries the protocol it was made in.
+        self.security_event(
+            SecurityEvent.STARTUP if self.boot_reason is BootReason.POWER_UP
+            else SecurityEvent.RESET_OR_REBOOT, f"cpagent {__version__} started "
+            f"({self.boot_reason.value})")
         operative = {}
         for e in [0, *range(1, self.config.station.connectors + 1)]:
             for c in (0, 1):

@@ -28,9 +28,23 @@ if TYPE_CHECKING:
 # `cryptography` is imported where a certificate is looked at, not with this module: it costs
 # some 9 MiB of resident memory, and most chargers never receive a certificate.
 
-__all__ = ["MAX_CERTIFICATES", "CertificateHash", "CertificateProblem", "CertificateUse",
-           "HashAlgorithm", "InstalledCertificate", "Outcome", "Result", "hash_data",
-           "parse_root", "roots_in_pem"]
+__all__ = [
+    "DELETE_STATUS",
+    "INSTALL_STATUS",
+    "MAX_CERTIFICATES",
+    "CertificateHash",
+    "CertificateProblem",
+    "CertificateUse",
+    "HashAlgorithm",
+    "InstalledCertificate",
+    "Outcome",
+    "Result",
+    "hash_data",
+    "hash_from_wire",
+    "hash_to_wire",
+    "parse_root",
+    "roots_in_pem",
+]
 
 
 MAX_CERTIFICATES = 20  # per charger: CertificateStoreMaxLength (1.6), CertificateEntries (2.0.1)
@@ -146,6 +160,24 @@ def parse_root(pem: str, now: float | None) -> x509.Certificate:
         if moment > cert.not_valid_after_utc:
             raise CertificateProblem(f"expired on {cert.not_valid_after_utc:%Y-%m-%d}")
     return cert
+
+
+# What OCPP 1.6 (security whitepaper) and 2.0.1 say alike: the CertificateHashDataType and the
+# statuses of InstallCertificate and DeleteCertificate.
+INSTALL_STATUS = {Outcome.ACCEPTED: "Accepted", Outcome.REJECTED: "Rejected",
+                  Outcome.FAILED: "Failed", Outcome.NOT_FOUND: "Rejected"}
+DELETE_STATUS = {Outcome.ACCEPTED: "Accepted", Outcome.FAILED: "Failed",
+                 Outcome.NOT_FOUND: "NotFound", Outcome.REJECTED: "Failed"}
+
+
+def hash_to_wire(digest: CertificateHash) -> dict:
+    return {"hashAlgorithm": digest.algorithm.value, "issuerNameHash": digest.issuer_name_hash,
+            "issuerKeyHash": digest.issuer_key_hash, "serialNumber": digest.serial_number}
+
+
+def hash_from_wire(data: dict) -> CertificateHash:
+    return CertificateHash(HashAlgorithm(data["hashAlgorithm"]), data["issuerNameHash"],
+                           data["issuerKeyHash"], data["serialNumber"])
 
 
 def roots_in_pem(installed: list[InstalledCertificate], use: CertificateUse) -> str:

@@ -117,7 +117,7 @@ class ChargerIdentity:
     def install_signed(self, chain_pem: str) -> Result:
         """Check the chain the CSMS signed; take it for the next connection if it holds."""
         from cryptography import x509
-        from cryptography.exceptions import InvalidSignature
+        from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
         from cryptography.hazmat.primitives import serialization
 
         pending = self._file("pending.key")
@@ -130,8 +130,11 @@ class ChargerIdentity:
         key = serialization.load_pem_private_key(pending.read_bytes(), password=None)
         leaf = chain[0]
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
-        if leaf.public_key().public_bytes(serialization.Encoding.DER, spki) != \
-                key.public_key().public_bytes(serialization.Encoding.DER, spki):
+        try:
+            offered = leaf.public_key().public_bytes(serialization.Encoding.DER, spki)
+        except (ValueError, UnsupportedAlgorithm) as exc:
+            return Result(Outcome.REJECTED, f"unreadable public key ({exc})")
+        if offered != key.public_key().public_bytes(serialization.Encoding.DER, spki):
             return Result(Outcome.REJECTED, "the certificate is not for the key requested")
         now = self._trusted_now()
         if now is not None:
@@ -143,7 +146,7 @@ class ChargerIdentity:
         try:
             for child, parent in itertools.pairwise(chain):
                 child.verify_directly_issued_by(parent)
-        except (ValueError, TypeError, InvalidSignature):
+        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
             return Result(Outcome.REJECTED, "the chain does not hold together")
         roots = []
         with contextlib.suppress(ValueError):
@@ -158,13 +161,13 @@ class ChargerIdentity:
 
 
 def _issued_by(cert, root) -> bool:
-    from cryptography.exceptions import InvalidSignature
+    """`cert` is the trusted root itself, or signed by it."""
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-    if cert.fingerprint(cert.signature_hash_algorithm) == root.fingerprint(
-            cert.signature_hash_algorithm):
+    if cert == root:
         return True
     try:
         cert.verify_directly_issued_by(root)
-    except (ValueError, TypeError, InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
         return False
     return True

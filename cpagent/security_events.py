@@ -47,13 +47,16 @@ class SecurityLog:
             finally:
                 os.close(fd)
 
-    def lines(self) -> list[str]:
-        older = self.path.with_name(self.path.name + ".1")
-        text = ""
-        for path in (older, self.path):
-            with contextlib.suppress(OSError):
-                text += path.read_text("utf-8", "replace")
-        return text.splitlines()
+
+def notification(names: dict[SecurityEvent, str], event: str | SecurityEvent, timestamp: float,
+                 info: str) -> dict:
+    """The SecurityEventNotification payload, alike in the 1.6 whitepaper and in 2.0.1, with
+    the version's `names` for the kinds (an unknown kind goes as it was recorded)."""
+    try:
+        name = names[SecurityEvent(event)]
+    except (KeyError, ValueError):
+        name = str(event or "Unknown")
+    return {"type": name[:50], "timestamp": format_time(timestamp), "techInfo": info[:255]}
 
 
 def event_record(event: SecurityEvent, timestamp: float, info: str) -> dict:

@@ -58,12 +58,17 @@ class Trust:
         return roots_in_pem(self._installed, CertificateUse.CSMS_ROOT)
 
     async def install(self, use: CertificateUse, pem: str, now: float) -> Result:
+        from cryptography.exceptions import UnsupportedAlgorithm  # see cpagent.certificates
+
         try:
             cert = parse_root(pem, self._trusted_now())
+            digest = hash_data(cert)
         except CertificateProblem as exc:
             log.warning("certificate for %s refused: %s", use, exc)
             return Result(Outcome.REJECTED, str(exc))
-        digest = hash_data(cert)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:  # a key we cannot hash
+            log.warning("certificate for %s refused: %s", use, exc)
+            return Result(Outcome.REJECTED, f"unusable certificate ({exc})")
         for known in self._installed:
             if known.use is use and known.hash.matches(digest):
                 return Result(Outcome.ACCEPTED, "already installed")
@@ -103,7 +108,7 @@ class Trust:
     def _carries_link(self, root: InstalledCertificate) -> bool:
         """The CSMS's certificate is issued by this root, and by no other one installed."""
         from cryptography import x509
-        from cryptography.exceptions import InvalidSignature
+        from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
         der = self._peer_certificate()
         if der is None:
@@ -117,7 +122,7 @@ class Trust:
             try:
                 leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(
                     other.pem.encode("ascii")))
-            except (ValueError, TypeError, InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
                 continue  # another issuer, or a key it cannot have signed with
             issuers.append(other.id)
         return issuers == [root.id]

@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
 from harness import RunningAgent, make_config
 
 from cpagent.clock import Clock
 from cpagent.devcsms import DevCsms
+
+
+@pytest.fixture(params=["1.6", "2.0.1"])
+async def peer(request) -> AsyncIterator[DevCsms]:
+    """A dev CSMS speaking one OCPP version (`peer.version`); the test runs for each."""
+    from dialects import DIALECTS
+
+    async with DevCsms(subprotocols=(DIALECTS[request.param].subprotocol,)) as server:
+        server.version = request.param
+        yield server
+
+
+@pytest.fixture
+def pins() -> Iterator[MockFactory]:
+    """gpiozero's mock pins, for the real GPIO drivers."""
+    previous = Device.pin_factory
+    Device.pin_factory = factory = MockFactory()
+    yield factory
+    factory.reset()
+    Device.pin_factory = previous
 
 
 @pytest.fixture

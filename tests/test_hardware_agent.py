@@ -4,22 +4,9 @@ relay and an RCD input on gpiozero's mock pins."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory
 from harness import booted
 from modbus_sim import SimMeter, TcpSim
-
-
-@pytest.fixture
-def pins() -> Iterator[MockFactory]:
-    previous = Device.pin_factory
-    Device.pin_factory = factory = MockFactory()
-    yield factory
-    factory.reset()
-    Device.pin_factory = previous
 
 
 async def test_rcd_trip_mid_session_on_real_drivers(csms, start_agent, pins):

@@ -12,26 +12,16 @@ import math
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
-from datetime import datetime
 
-import pytest
 from dialects import DIALECTS, Dialect
 from harness import ROOT, RunningAgent, acpagent, make_config, write_config
 
 import cpagent.ocpp16.adapter
 import cpagent.ocpp201.adapter
-from cpagent.clock import Clock
+from cpagent.clock import Clock, parse_time
 from cpagent.devcsms import DevCsms
 
 CLI = "CLI-CP"
-
-
-@pytest.fixture(params=["1.6", "2.0.1"])
-async def peer(request) -> AsyncIterator[DevCsms]:
-    async with DevCsms(subprotocols=(DIALECTS[request.param].subprotocol,)) as csms:
-        csms.version = request.param
-        yield csms
 
 
 def transaction_action(version: str) -> str:
@@ -47,10 +37,6 @@ async def answer_to(peer: DevCsms, call) -> str:
             return kinds[0]
         await asyncio.sleep(0.01)
     raise AssertionError(f"{call.action} {call.unique_id} was never answered")
-
-
-def stamp(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 async def test_a_refused_status_is_logged_and_the_current_one_sent_again(
@@ -176,7 +162,7 @@ async def test_sigterm_mid_session_ends_it_with_reboot_at_the_real_time(peer, tm
             await agent.wait()
     assert say.end_reason(end) == "Reboot"
     # Stamped now, not at the next boot.
-    assert sent_at - 1 <= stamp(end.payload["timestamp"]) <= sent_at + 5
+    assert sent_at - 1 <= parse_time(end.payload["timestamp"]) <= sent_at + 5
     # The reading at the stop, not the one at the last sample (1.6 meterStop is whole Wh).
     assert say.meter_stop(end) >= math.floor(reading) and reading >= say.meter_start(start)
     await asyncio.sleep(0.1)

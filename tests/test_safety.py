@@ -6,25 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
-import pytest
-from gpiozero import Device
-from gpiozero.pins.mock import MockFactory
 from harness import booted
 
 from cpagent.lanes import DEVICE_TIMEOUT
 
 BOUND = 0.1  # seconds from the input edge to the relay open: the target
-
-
-@pytest.fixture
-def pins() -> Iterator[MockFactory]:
-    previous = Device.pin_factory
-    Device.pin_factory = factory = MockFactory()
-    yield factory
-    factory.reset()
-    Device.pin_factory = previous
 
 
 GPIO_STATION = {

@@ -17,8 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from harness import ROOT, acpagent, cpagent, write_config
 from cpagent import store as store_module
 from cpagent.cli import EX_CONFIG
 from cpagent.cli import main as cli_main
+from cpagent.clock import parse_time
 from cpagent.devcsms import DevCsms
 from cpagent.store import SCHEMA_VERSION, Store
 
@@ -273,17 +273,6 @@ class SmallDisk:
         self._ballast.clear()
 
 
-@pytest.fixture(params=["1.6", "2.0.1"])
-async def peer(request) -> AsyncIterator[DevCsms]:
-    async with DevCsms(subprotocols=(DIALECTS[request.param].subprotocol,)) as csms:
-        csms.version = request.param
-        yield csms
-
-
-def stamp(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
 async def status_of(config: Path) -> dict:
     code, out, err = await acpagent("status", "--json", "--config", str(config))
     assert code == 0, err
@@ -365,7 +354,7 @@ async def test_a_disk_that_fills_mid_session_loses_no_stop_and_tells_everyone(pe
             assert agent.returncode is None
             assert say.transaction_of(end) == (say.transaction_id(start))
             assert say.end_reason(end) == "Local"
-            assert stopped_at - 1 <= stamp(end.payload["timestamp"]) <= stopped_at + 2
+            assert stopped_at - 1 <= parse_time(end.payload["timestamp"]) <= stopped_at + 2
             assert say.meter_stop(end) >= say.meter_start(start)
             recovered = await until(lambda: _disk_ok(config))
             assert recovered["storage"]["reserve_held"] is True

@@ -3,26 +3,20 @@ InstallCertificate, DeleteCertificate and GetInstalledCertificateIds."""
 
 from __future__ import annotations
 
-from cpagent.certificates import CertificateHash, CertificateUse, HashAlgorithm, Outcome
+from cpagent.certificates import (
+    DELETE_STATUS,
+    INSTALL_STATUS,
+    CertificateUse,
+    Outcome,
+    hash_from_wire,
+    hash_to_wire,
+)
 from cpagent.host import AdapterHost
 from cpagent.security_events import SecurityEvent
 
 USES = {"CentralSystemRootCertificate": CertificateUse.CSMS_ROOT,
         "ManufacturerRootCertificate": CertificateUse.MANUFACTURER_ROOT}
-_INSTALL = {Outcome.ACCEPTED: "Accepted", Outcome.REJECTED: "Rejected",
-            Outcome.FAILED: "Failed", Outcome.NOT_FOUND: "Rejected"}
-_DELETE = {Outcome.ACCEPTED: "Accepted", Outcome.FAILED: "Failed",
-           Outcome.NOT_FOUND: "NotFound", Outcome.REJECTED: "Failed"}
 
-
-def hash_to_wire(digest: CertificateHash) -> dict:
-    return {"hashAlgorithm": digest.algorithm.value, "issuerNameHash": digest.issuer_name_hash,
-            "issuerKeyHash": digest.issuer_key_hash, "serialNumber": digest.serial_number}
-
-
-def hash_from_wire(data: dict) -> CertificateHash:
-    return CertificateHash(HashAlgorithm(data["hashAlgorithm"]), data["issuerNameHash"],
-                           data["issuerKeyHash"], data["serialNumber"])
 
 
 async def install_certificate(host: AdapterHost, payload: dict) -> dict:
@@ -31,7 +25,7 @@ async def install_certificate(host: AdapterHost, payload: dict) -> dict:
     if result.outcome is Outcome.ACCEPTED and not result.reason:
         host.security_event(SecurityEvent.RECONFIGURATION,
                             f"{payload['certificateType']} installed")
-    return {"status": _INSTALL[result.outcome]}
+    return {"status": INSTALL_STATUS[result.outcome]}
 
 
 async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
@@ -39,7 +33,7 @@ async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
     if result.outcome is Outcome.ACCEPTED:
         host.security_event(SecurityEvent.RECONFIGURATION, "a certificate was deleted "
                             f"(serial {payload['certificateHashData']['serialNumber']})"[:255])
-    return {"status": _DELETE[result.outcome]}
+    return {"status": DELETE_STATUS[result.outcome]}
 
 
 async def get_installed_certificate_ids(host: AdapterHost, payload: dict) -> dict:

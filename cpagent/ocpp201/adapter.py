@@ -82,7 +82,7 @@ from cpagent.records import (
     shifted,
 )
 from cpagent.rpc import ConnectionLost, RpcError
-from cpagent.security_events import SecurityEvent
+from cpagent.security_events import SecurityEvent, notification
 from cpagent.settings import password_bytes, password_key
 from hal.interfaces import Fault
 
@@ -433,18 +433,13 @@ class Ocpp201Adapter:
                         self._send("MeterValues", {"evseId": evse_id, "meterValue": [value]})
 
     def _security_event_message(self, record: dict, shift: float) -> Message:
-        try:
-            name = SECURITY_EVENTS[SecurityEvent(record["event"])]
-        except (KeyError, ValueError):
-            name = str(record.get("event", "Unknown"))
-        return Message("SecurityEventNotification", {
-            "type": name[:50], "timestamp": format_time(float(record["timestamp"]) + shift),
-            "techInfo": str(record.get("tech_info", ""))[:255]})
+        return Message("SecurityEventNotification", notification(
+            SECURITY_EVENTS, record.get("event", ""), float(record["timestamp"]) + shift,
+            str(record.get("tech_info", ""))))
 
     async def station_event(self, event: SecurityEvent, text: str) -> None:
-        future = self.host.queue.send("SecurityEventNotification", {
-            "type": SECURITY_EVENTS[event], "timestamp": format_time(self.host.clock.now()),
-            "techInfo": text[:255]}, urgent=True)
+        future = self.host.queue.send("SecurityEventNotification", notification(
+            SECURITY_EVENTS, event, self.host.clock.now(), text), urgent=True)
         with contextlib.suppress(Exception):
             await future
 

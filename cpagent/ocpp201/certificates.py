@@ -3,7 +3,14 @@ DeleteCertificate and GetInstalledCertificateIds."""
 
 from __future__ import annotations
 
-from cpagent.certificates import CertificateHash, CertificateUse, HashAlgorithm, Outcome
+from cpagent.certificates import (
+    DELETE_STATUS,
+    INSTALL_STATUS,
+    CertificateUse,
+    Outcome,
+    hash_from_wire,
+    hash_to_wire,
+)
 from cpagent.host import AdapterHost
 from cpagent.security_events import SecurityEvent
 
@@ -12,25 +19,12 @@ USES = {"CSMSRootCertificate": CertificateUse.CSMS_ROOT,
         "V2GRootCertificate": CertificateUse.V2G_ROOT,
         "MORootCertificate": CertificateUse.MO_ROOT}
 WIRE_USES = {use: name for name, use in USES.items()}
-_INSTALL = {Outcome.ACCEPTED: "Accepted", Outcome.REJECTED: "Rejected",
-            Outcome.FAILED: "Failed", Outcome.NOT_FOUND: "Rejected"}
-_DELETE = {Outcome.ACCEPTED: "Accepted", Outcome.FAILED: "Failed",
-           Outcome.NOT_FOUND: "NotFound", Outcome.REJECTED: "Failed"}
 
 
 def _status_info(reason: str) -> dict:
     return {"statusInfo": {"reasonCode": "Rejected" if reason else "NoError",
                            "additionalInfo": reason[:512]}} if reason else {}
 
-
-def hash_to_wire(digest: CertificateHash) -> dict:
-    return {"hashAlgorithm": digest.algorithm.value, "issuerNameHash": digest.issuer_name_hash,
-            "issuerKeyHash": digest.issuer_key_hash, "serialNumber": digest.serial_number}
-
-
-def hash_from_wire(data: dict) -> CertificateHash:
-    return CertificateHash(HashAlgorithm(data["hashAlgorithm"]), data["issuerNameHash"],
-                           data["issuerKeyHash"], data["serialNumber"])
 
 
 async def install_certificate(host: AdapterHost, payload: dict) -> dict:
@@ -39,7 +33,7 @@ async def install_certificate(host: AdapterHost, payload: dict) -> dict:
     if result.outcome is Outcome.ACCEPTED and not result.reason:
         host.security_event(SecurityEvent.RECONFIGURATION,
                             f"{payload['certificateType']} installed")
-    status = _INSTALL[result.outcome]
+    status = INSTALL_STATUS[result.outcome]
     return {"status": status, **(_status_info(result.reason) if status != "Accepted" else {})}
 
 
@@ -48,7 +42,7 @@ async def delete_certificate(host: AdapterHost, payload: dict) -> dict:
     if result.outcome is Outcome.ACCEPTED:
         host.security_event(SecurityEvent.RECONFIGURATION, "a certificate was deleted "
                             f"(serial {payload['certificateHashData']['serialNumber']})"[:255])
-    status = _DELETE[result.outcome]
+    status = DELETE_STATUS[result.outcome]
     return {"status": status, **(_status_info(result.reason) if status == "Failed" else {})}
 
 

@@ -664,7 +664,7 @@ class Agent:
         password = password_bytes(self.shared["basic_auth_key"]) or (
             self.config.csms.password.encode() if self.config.csms.password else None)
         url = self.config.csms.endpoint_url
-        self.transport.base = Endpoint(url, password, security_profile(self.transport.settings))
+        self.transport.base = await self._base_endpoint(url, password)
         self.transport.use_endpoints([self.transport.base], 3)
         self.boot_reason = await self._boot_reason()
         hosts = {v: _Host(self, v) for v in versions}
@@ -697,6 +697,55 @@ class Agent:
         self.apply_settings()
         if self.clock.trusted:
             self._core.clock_synchronised(self.clock.now())
+
+    async def _base_endpoint(self, url: str, password: bytes | None) -> Endpoint:
+        """The configured endpoint, or the one a security profile raised over OCPP made of
+        it. A raise belongs to the URL it was made from: an installer who configures another
+        CSMS starts from what the file says (lowering is done there, never over OCPP)."""
+        configured = Endpoint(url, password, security_profile(self.transport.settings))
+        raised = await self.store.state("raised_profile")
+        if not raised:
+            return configured
+        if raised.get("from") != url:
+            log.warning("csms.url changed since the CSMS raised the security profile to %s; "
+                        "the configuration file's settings apply", raised.get("profile"))
+            await self.store.put_state("raised_profile", None)
+            return configured
+        return Endpoint(raised["url"], password, int(raised["profile"]),
+                        f"security profile {raised['profile']} set by the CSMS")
+
+    async def adopt_endpoint(self, endpoint: Endpoint) -> None:
+        if endpoint.security_profile <= self.transport.base.security_profile:
+            return
+        await self.store.put_state("raised_profile", {
+            "profile": endpoint.security_profile, "url": endpoint.url,
+            "from": self.config.csms.endpoint_url})
+        self.transport.base = Endpoint(
+            endpoint.url, endpoint.password, endpoint.security_profile,
+            f"security profile {endpoint.security_profile} set by the CSMS")
+        log.warning("security profile %d is in use from now on (%s)",
+                    endpoint.security_profile, endpoint.url)
+
+    def profile_problem(self, profile: int) -> str | None:
+        if profile not in (1, 2, 3):
+            return f"security profile {profile} is not one this charger offers (1, 2 or 3)"
+        # A link already on TLS trusts its CSMS somehow (perhaps by the system's roots);
+        # moving onto TLS needs a root of the operator's (2.0.1 A05.FR.02).
+        if profile >= 2 and not self.transport.base.url.startswith("wss://") and \
+                not self._trusted_roots().strip():
+            return ("no CSMS root certificate is installed (InstallCertificate it first, or "
+                    "set csms.ca_file)")
+        if profile >= 3 and self.transport.client_credentials() is None:
+            return ("the charger has no certificate of its own yet (SignCertificate and "
+                    "CertificateSigned first, or csms.client_cert)")
+        if profile == 2 and not self.transport.base.password:
+            return (f"security profile {profile} authenticates with a password and none is "
+                    "set (AuthorizationKey / BasicAuthPassword, or csms.password)")
+        return None
+
+    def secure_url(self) -> str:
+        base = self.transport.base.url
+        return base if base.startswith("wss://") else self.config.csms.secure_endpoint_url
 
     async def _boot_reason(self) -> BootReason:
         """Why this run began: what the last run said it would restart for, else whether the
@@ -1060,6 +1109,15 @@ class _Link:
 
     def use_endpoints(self, endpoints: list[Endpoint], attempts: int) -> None:
         self._agent.transport.use_endpoints(endpoints, attempts)
+
+    def profile_problem(self, profile: int) -> str | None:
+        return self._agent.profile_problem(profile)
+
+    def secure_url(self) -> str:
+        return self._agent.secure_url()
+
+    async def adopt(self, endpoint: Endpoint) -> None:
+        await self._agent.adopt_endpoint(endpoint)
 
     def reconnect(self, why: str) -> None:
         self._agent.transport.abort(why)

@@ -64,6 +64,7 @@ class CsmsSettings:
     ocpp_version: str
     password: str | None = field(repr=False)  # keep it out of logged reprs
     ca_file: Path | None
+    secure_url: str | None  # where a profile raised over OCPP to 2 or 3 connects (wss://)
     client_cert: Path | None
     client_key: Path | None
     call_timeout: float
@@ -79,6 +80,14 @@ class CsmsSettings:
     def endpoint_url(self) -> str:
         # OCPP-J puts the identity in the last path segment, so '/' etc. must be escaped.
         return self.url.rstrip("/") + "/" + quote(self.identity, safe="")
+
+    @property
+    def secure_endpoint_url(self) -> str:
+        """Where a security profile raised over OCPP (2 or 3) connects: `secure_url`, else the
+        configured URL with wss:// (the same host and port, as most CSMSs serve both)."""
+        base = self.secure_url or ("wss://" + self.url.split("://", 1)[1]
+                                   if self.url.startswith("ws://") else self.url)
+        return base.rstrip("/") + "/" + quote(self.identity, safe="")
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "ocpp_version": (_ocpp_version, "1.6"),
         "password": (_password, None),
         "ca_file": (_path, None),
+        "secure_url": (_ws_url, None),
         "client_cert": (_path, None),
         "client_key": (_path, None),
         "call_timeout": (_num(1, 300), 30.0),
@@ -383,6 +393,10 @@ def parse_config(data: dict, *, base_dir: Path | None = None) -> Config:
             "wss://"):
         errors.append("csms.client_cert: a client certificate (security profile 3) needs a "
                       "wss:// url")
+    if csms.get("secure_url") is not None and not csms["secure_url"].startswith("wss://"):
+        errors.append(f"csms.secure_url: must be a wss:// URL, where the charger connects "
+                      f"when the CSMS raises its security profile (got "
+                      f"'{csms['secure_url']}')")
     if "data_dir" in station and "control_socket" in station:
         sock = station["control_socket"] or station["data_dir"] / "control.sock"
         station["control_socket"] = sock

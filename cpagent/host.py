@@ -169,7 +169,22 @@ class Link(Protocol):
         ...
 
     def base_endpoint(self) -> Endpoint:
-        """The profile the installer configured (URL, password of the configuration file)."""
+        """The profile the installer configured (URL, password of the configuration file), or
+        the one a security profile raised over OCPP made of it."""
+        ...
+
+    def profile_problem(self, profile: int) -> str | None:
+        """Why the charger cannot connect with security `profile` now, None when it can: a
+        CSMS root for 2 and 3, a charger certificate for 3 (2.0.1 A05.FR.02)."""
+        ...
+
+    def secure_url(self) -> str:
+        """The wss:// URL (the identity included) a profile raised to 2 or 3 connects to."""
+        ...
+
+    async def adopt(self, endpoint: Endpoint) -> None:
+        """`endpoint` as the base from now on, also after a restart and in every OCPP
+        version: a raised security profile that has connected. Never lowers the profile."""
         ...
 
     def use_endpoints(self, endpoints: list[Endpoint], attempts: int) -> None:

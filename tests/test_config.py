@@ -118,6 +118,7 @@ def test_defaults(tmp_path):
     )
     assert config.csms == CsmsSettings(
         url="ws://csms.local/ocpp", ocpp_version="1.6", password=None, ca_file=None,
+        secure_url=None,
         client_cert=None, client_key=None,
         call_timeout=30.0, reconnect_initial=1.0, reconnect_max=60.0, ping_interval=30,
         pong_timeout=10.0, max_frame_kb=1024, compression=False, identity="CP-1",

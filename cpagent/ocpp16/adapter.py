@@ -104,6 +104,7 @@ class Ocpp16Adapter:
         self._start_in_flight: asyncio.Event | None = None
         self._status_retries: dict[int, asyncio.TimerHandle] = {}
         self._statuses_sent: dict[int, tuple] = {}  # on this link, per connector
+        self._raising: Endpoint | None = None  # a SecurityProfile raise not yet connected
         self.handlers: Mapping[str, Handler] = {
             "ChangeAvailability": self._change_availability,
             "ChangeConfiguration": self._change_configuration,
@@ -128,7 +129,8 @@ class Ocpp16Adapter:
 
     async def load(self) -> None:
         own = await self.host.storage.settings()
-        self.configuration = Configuration(self.connectors, self.host.shared, own)
+        self.configuration = Configuration(self.connectors, self.host.shared, own, {
+            "SecurityProfile": lambda: str(self.host.link.info().security_profile)})
         self._state = await self.host.storage.states("tx")
         for ref, state in self._state.items():
             tx_id = state.get("transaction_id")
@@ -206,6 +208,7 @@ class Ocpp16Adapter:
 
     async def online(self) -> None:
         self.is_online = True
+        await self._raise_settled()
         self._statuses_sent.clear()
         await self._report_all_statuses()
 
@@ -488,6 +491,8 @@ class Ocpp16Adapter:
         name, value = canonical_key(payload["key"]), payload["value"]
         if name is None:
             return {"status": "NotSupported"}
+        if name == "SecurityProfile":
+            return self._raise_security_profile(value)
         try:
             canonical = self.configuration.check(name, value)
         except PermissionError:
@@ -545,6 +550,53 @@ class Ocpp16Adapter:
         self.host.security_event(SecurityEvent.RECONFIGURATION,
                                  "AuthorizationKey changed by the Central System")
         self._spawn(self._reconnect_soon("the AuthorizationKey was changed"))
+
+    def _raise_security_profile(self, value: str) -> dict:
+        """Whitepaper 1.3: the CSMS may raise the profile, never lower it. The new profile is
+        tried from the next connection; should it not connect (three attempts), the charger
+        falls back to the profile it had, and says so (see `_raise_settled`)."""
+        try:
+            wanted = int(KEYS["SecurityProfile"].normalise(value, self.connectors))
+        except InvalidValue as exc:
+            log.info("ChangeConfiguration rejected: %s", exc)
+            return {"status": "Rejected"}
+        link = self.host.link
+        current = link.info().security_profile
+        if wanted == current:
+            return {"status": "Accepted"}
+        problem = (f"lower than the present {current}: lowering is done at the charger, "
+                   "never over OCPP" if wanted < current else link.profile_problem(wanted))
+        if problem is not None:
+            log.warning("ChangeConfiguration SecurityProfile %d rejected: %s", wanted, problem)
+            return {"status": "Rejected"}
+        base = link.base_endpoint()
+        trial = Endpoint(link.secure_url() if wanted >= 2 else base.url, base.password,
+                         wanted, f"SecurityProfile {wanted}")
+        self._raising = trial
+        link.use_endpoints([trial, base], 3)
+        log.warning("SecurityProfile %d set by the Central System: reconnecting with it to %s",
+                    wanted, trial.url)
+        self.host.security_event(SecurityEvent.RECONFIGURATION,
+                                 f"SecurityProfile {current} -> {wanted} set by the "
+                                 "Central System")
+        self._spawn(self._reconnect_soon(f"the security profile was raised to {wanted}"))
+        return {"status": "Accepted"}
+
+    async def _raise_settled(self) -> None:
+        """On the first connection after a raise: keep the new profile if it is the one that
+        connected, else report the fall back to the old one."""
+        trial, self._raising = self._raising, None
+        if trial is None:
+            return
+        link = self.host.link
+        if link.info().extra.get("profile") == trial.label:
+            await link.adopt(trial)
+        else:
+            why = (f"SecurityProfile {trial.security_profile} could not connect to "
+                   f"{trial.url}: back on security profile {link.info().security_profile}")
+            log.error("%s", why)
+            self.host.security_event(SecurityEvent.RECONFIGURATION, why)
+        link.use_endpoints([link.base_endpoint()], 3)
 
     async def _reconnect_soon(self, why: str) -> None:
         await asyncio.sleep(0.5)  # the answer goes out first

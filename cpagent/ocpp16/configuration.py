@@ -44,6 +44,7 @@ class Key:
     max_items: int | None = None
     shared: str | None = None  # the shared setting this key is
     write_only: bool = False  # a secret: set, never reported
+    live: bool = False  # read from the running station (Configuration.live), not stored
 
     def normalise(self, value: str, connectors: int) -> str:
         """The canonical wire form of `value`, or InvalidValue."""
@@ -129,6 +130,8 @@ KEYS: dict[str, Key] = {
         Key("MeterValueSampleInterval", "int", maximum=86400, shared="sample_interval"),
         Key("NumberOfConnectors", "int", lambda n: str(n), readonly=True),
         Key("ResetRetries", "int", maximum=10, shared="reset_retries"),
+        # Security whitepaper: raised over OCPP, never lowered; reported as the link is.
+        Key("SecurityProfile", "int", "0", maximum=3, live=True),
         Key("SendLocalListMaxLength", "int", str(SEND_LOCAL_LIST_MAX), readonly=True),
         Key("StopTransactionOnEVSideDisconnect", "bool", shared="stop_on_ev_disconnect"),
         Key("StopTransactionOnInvalidId", "bool", shared="stop_on_invalid_id"),
@@ -159,12 +162,14 @@ class Configuration:
     """The live key values: shared ones from the shared settings, the rest the adapter's."""
 
     def __init__(self, connectors: int, shared: SharedSettings,
-                 own: Mapping[str, str]) -> None:
+                 own: Mapping[str, str],
+                 live: Mapping[str, Callable[[], str]] | None = None) -> None:
         self.connectors = connectors
         self.shared = shared
+        self.live = dict(live or {})
         self.own: dict[str, str] = {}
         for key in KEYS.values():
-            if key.shared is not None or key.readonly:
+            if key.shared is not None or key.readonly or key.live:
                 continue
             default = key.default(connectors) if callable(key.default) else key.default
             self.own[key.name] = default or ""
@@ -177,6 +182,9 @@ class Configuration:
         key = KEYS[name]
         if key.write_only:
             return ""  # never reported, whoever asks
+        if key.live:
+            read = self.live.get(name)
+            return read() if read is not None else str(key.default or "")
         if key.shared is not None:
             value = self.shared[key.shared]
             # A shared value set through another version may not fit this one's rules.

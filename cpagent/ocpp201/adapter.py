@@ -186,6 +186,7 @@ class Ocpp201Adapter:
         self.is_online = False
         self.active_slot = 1
         self._slots: dict[str, dict] = {}
+        self._raise_told: set[str] = set()  # slots whose failed raise was reported
         self._tasks: set[asyncio.Task] = set()
         self._delivered_any: set[str] = set()  # transactions this CSMS has heard of
         self._held: dict[str, str] = {}  # transaction -> its event the CSMS refused for good
@@ -310,6 +311,7 @@ class Ocpp201Adapter:
 
     async def online(self) -> None:
         self.is_online = True
+        await self._profile_settled()
         self._statuses_sent.clear()
         views = await self.host.ask(lambda core, now: [
             (e.id, c, *core.status(e.id, c), e.pilot.vehicle_present)
@@ -647,9 +649,15 @@ class Ocpp201Adapter:
         if name in ("TxStartPoint", "TxStopPoint") and not value:
             raise InvalidValue("needs at least one point")
         if name == "NetworkConfigurationPriority":
-            missing = [s for s in value.split(",") if s and s != "1" and s not in self._slots]
+            slots = [s for s in value.split(",") if s]
+            missing = [s for s in slots if s != "1" and s not in self._slots]
             if missing or not value:
                 raise InvalidValue(f"names slots with no profile ({','.join(missing)})")
+            current = self.host.link.info().security_profile
+            lower = [s for s in slots if self._slot_profile(s) < current]
+            if lower:  # A05.FR.03: never back to a lower security profile
+                raise InvalidValue(f"names slots with a security profile lower than the "
+                                   f"present {current} ({','.join(lower)})")
 
     async def _applied(self, address: Address, previous: str) -> None:
         name = address.variable.name
@@ -921,7 +929,11 @@ class Ocpp201Adapter:
             return {"status": "Failed", "statusInfo": {"reasonCode": "StorageFailed",
                                                        "additionalInfo": str(exc)[:512]}}
         self._slots[slot] = stored
+        self._raise_told.discard(slot)
         self._apply_network()
+        self.host.security_event(SecurityEvent.RECONFIGURATION,
+                                 f"network profile slot {slot} set by the CSMS: security "
+                                 f"profile {data['securityProfile']}, {data['ocppCsmsUrl']}")
         return {"status": "Accepted"}
 
     def _profile_problem(self, slot: str, data: dict) -> str | None:
@@ -935,6 +947,10 @@ class Ocpp201Adapter:
             return f"security profile {profile} is not supported by this build"
         if profile < current:
             return f"security profile {profile} is lower than the present {current}"
+        if profile > current:
+            problem = self.host.link.profile_problem(profile)
+            if problem is not None:  # A05.FR.02
+                return f"security profile {profile}: {problem}"
         parts = urlsplit(data["ocppCsmsUrl"])
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             return "ocppCsmsUrl must be a ws:// or wss:// URL"
@@ -943,6 +959,43 @@ class Ocpp201Adapter:
         if self.active_slot == int(slot) and self.is_online:
             return "the slot in use cannot be replaced while connected through it"
         return None
+
+    def _slot_profile(self, slot: str) -> int:
+        if slot in self._slots:
+            return int(self._slots[slot]["security_profile"])
+        return self.host.link.base_endpoint().security_profile
+
+    async def _profile_settled(self) -> None:
+        """A05.FR.06: connected with a higher security profile than before, the charger
+        keeps it (in every version, across restarts) and forgets the lower profiles."""
+        link = self.host.link
+        base = link.base_endpoint()
+        label = link.info().extra.get("profile", "")
+        slot = label.rpartition(" ")[2] if label.startswith("network profile slot ") else "1"
+        order = self.model.items("OCPPCommCtrlr", "NetworkConfigurationPriority")
+        profile = self._slot_profile(slot)
+        wanted = order[0] if order else "1"
+        if self._slot_profile(wanted) > profile and wanted not in self._raise_told:
+            self._raise_told.add(wanted)
+            why = (f"security profile {self._slot_profile(wanted)} (slot {wanted}) could not "
+                   f"connect: back on security profile {profile} (slot {slot})")
+            log.error("%s", why)
+            self.host.security_event(SecurityEvent.RECONFIGURATION, why)
+        if slot not in self._slots or profile <= base.security_profile:
+            return
+        kept = [s for s in order if self._slot_profile(s) >= profile]
+        endpoint = self._endpoint(slot, None)
+        assert endpoint is not None
+        await link.adopt(endpoint)
+        if kept != order:
+            address = self.model.by_name("OCPPCommCtrlr", "NetworkConfigurationPriority")
+            value = ",".join(kept)
+            self.model.own[address.key] = value
+            await self.host.storage.put_variable(address.key, value)
+            log.warning("security profile %d connected: the profiles of lower security "
+                        "(slots %s) are no longer used", profile,
+                        ",".join(s for s in order if s not in kept))
+            self._apply_network()
 
     def _endpoint(self, slot: str, password: bytes | None) -> Endpoint | None:
         base = self.host.link.base_endpoint()

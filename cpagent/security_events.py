@@ -27,6 +27,11 @@ class SecurityEvent(StrEnum):
     MEMORY_EXHAUSTION = "memory_exhaustion"  # the disk is full
     STORAGE_DAMAGED = "storage_damaged"  # a damaged database was set aside
     INVALID_CHARGER_CERTIFICATE = "invalid_charger_certificate"  # a CertificateSigned refused
+    INVALID_TLS_VERSION = "invalid_tls_version"  # the CSMS speaks only TLS older than 1.2
+    INVALID_TLS_CIPHER_SUITE = "invalid_tls_cipher_suite"  # no cipher suite in common
+    INVALID_MESSAGES = "invalid_messages"  # frames from the CSMS that are not valid OCPP
+    TAMPER_DETECTION = "tamper_detection_activated"  # a tamper input became active
+    SECURITY_LOG_CLEARED = "security_log_was_cleared"  # old entries rotated out of the log
 
 
 class SecurityLog:

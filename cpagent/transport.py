@@ -60,6 +60,31 @@ class TransportSettings:
     compression: bool = False  # permessage-deflate: see the module's docstring
 
 
+# TLS 1.2 cipher suites: the ones the OCPP security specifications name (ECDHE with ECDSA or
+# RSA keys, and the RSA key exchange kept for CSMSs that have only it), all AES-GCM. TLS 1.3
+# suites are OpenSSL's, which are all AEAD. A server offering none of these is refused and
+# named ("no cipher suite in common") rather than met with a weaker suite.
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+    "AES128-GCM-SHA256", "AES256-GCM-SHA384",
+])
+
+
+def client_context(ca_file: Path | None, extra_roots: str = "") -> ssl.SSLContext:
+    """The TLS context of every connection to the CSMS: TLS 1.2 or newer, the named cipher
+    suites, the server's certificate and host name always verified (no switch turns that off).
+    """
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS12_CIPHERS)
+    # Roots the CSMS installed are trusted beside the configured ones, never instead: a CA
+    # rotation adds the new root before the server changes its certificate.
+    if extra_roots:
+        context.load_verify_locations(cadata=extra_roots)
+    return context
+
+
 def security_profile(settings: TransportSettings) -> int:
     """1: ws with basic auth; 2: wss with basic auth; 3: wss with a client certificate."""
     if not settings.url.startswith("wss://"):
@@ -93,8 +118,9 @@ _VERIFY_PROBLEMS = {
 }
 
 
-def tls_problem(exc: ssl.SSLError, url: str) -> str:
-    """Why TLS failed, and what to fix (a bare "ConnectionResetError" helps nobody)."""
+def tls_problem(exc: ssl.SSLError, url: str) -> tuple[str, SecurityEvent | None]:
+    """Why TLS failed, and what to fix (a bare "ConnectionResetError" helps nobody), with the
+    security event the failure is, if it is one."""
     where = urlsplit(url).hostname or url
     if isinstance(exc, ssl.SSLCertVerificationError):
         code = exc.verify_code
@@ -102,20 +128,22 @@ def tls_problem(exc: ssl.SSLError, url: str) -> str:
                                            f"({exc.verify_message})")
         fix = ("; install the CSMS's root (csms.ca_file, or InstallCertificate)"
                if code in (18, 19, 20, 21) else "")
-        return f"TLS to {where}: {words}{fix}"
+        return f"TLS to {where}: {words}{fix}", SecurityEvent.INVALID_CSMS_CERTIFICATE
     reason = (exc.reason or "").upper()
     if "UNSUPPORTED_PROTOCOL" in reason or "WRONG_VERSION" in reason or \
             "PROTOCOL_VERSION" in reason:
         return (f"TLS to {where}: the CSMS does not speak TLS 1.2 or newer, which OCPP "
-                "requires; its TLS must be updated")
+                "requires; its TLS must be updated"), SecurityEvent.INVALID_TLS_VERSION
     if "HANDSHAKE_FAILURE" in reason or "NO_SHARED_CIPHER" in reason or \
             "NO_CIPHERS" in reason:
-        return f"TLS to {where}: no cipher suite in common with the CSMS"
+        return (f"TLS to {where}: no cipher suite in common with the CSMS (the charger "
+                "offers the AES-GCM suites OCPP names); the CSMS's TLS settings must allow "
+                "one of them"), SecurityEvent.INVALID_TLS_CIPHER_SUITE
     if "CERTIFICATE_REQUIRED" in reason or "UNKNOWN_CA" in reason or \
             "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
         return (f"TLS to {where}: the CSMS refused the charger's client certificate "
-                f"({exc.reason})")
-    return f"TLS to {where}: {exc.reason or exc}"
+                f"({exc.reason})"), None
+    return f"TLS to {where}: {exc.reason or exc}", None
 
 
 def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
@@ -255,15 +283,8 @@ class Transport:
     def _ssl_context(self) -> ssl.SSLContext | None:
         if not self.endpoint.url.startswith("wss://"):
             return None
-        context = ssl.create_default_context(
-            cafile=str(self.settings.ca_file) if self.settings.ca_file else None
-        )
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        # Roots the CSMS installed are trusted beside the configured ones, never instead: a
-        # CA rotation adds the new root before the server changes its certificate.
         extra = self._extra_roots() if self._extra_roots is not None else ""
-        if extra:
-            context.load_verify_locations(cadata=extra)
+        context = client_context(self.settings.ca_file, extra)
         credentials = self.client_credentials()
         if credentials is not None:
             context.load_cert_chain(*credentials)
@@ -292,8 +313,8 @@ class Transport:
 
     def _headers(self) -> dict[str, str]:
         password = self.endpoint.password
-        if not password:
-            return {}
+        if not password or self.endpoint.security_profile >= 3:
+            return {}  # profile 3: the client certificate is the charger's credential
         token = self.settings.identity.encode() + b":" + password
         return {"Authorization": "Basic " + base64.b64encode(token).decode("ascii")}
 
@@ -353,32 +374,39 @@ class Transport:
                     self._security(SecurityEvent.FAILED_TO_AUTHENTICATE_AT_CSMS,
                                    self.last_error)
             except ssl.SSLError as exc:
-                self.last_error = tls_problem(exc, endpoint.url)
+                self.last_error, event = tls_problem(exc, endpoint.url)
                 log.error("%s", self.last_error)
-                if isinstance(exc, ssl.SSLCertVerificationError):
-                    self._security(SecurityEvent.INVALID_CSMS_CERTIFICATE, self.last_error)
+                if event is not None:
+                    self._security(event, self.last_error)
                 if self.identity is not None:
                     self.identity.refused()
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 tls = _tls_cause(exc)
                 if tls is not None:
-                    self.last_error = tls_problem(tls, endpoint.url)
+                    self.last_error, event = tls_problem(tls, endpoint.url)
                     log.error("%s", self.last_error)
+                    if event is not None:
+                        self._security(event, self.last_error)
                 elif isinstance(exc, websockets.InvalidMessage) and isinstance(
                         exc.__cause__, EOFError):
                     # In TLS 1.3 the server judges the client certificate after the
                     # handshake; a refusal then shows only as a close before the HTTP answer.
                     if self.identity is not None:
                         self.identity.refused()
+                    hint = ""
+                    if endpoint.url.startswith("wss://"):
+                        hint = (": with security profile 3 this is how a refused client "
+                                "certificate shows; check that the CSMS knows the charger's "
+                                "certificate (csms.client_cert) and its CA"
+                                if self.client_credentials() is not None else
+                                ": if the CSMS requires a client certificate (security "
+                                "profile 3), this is how it refuses a charger without one, "
+                                "and this charger has none: set csms.client_cert and "
+                                "csms.client_key")
                     self.last_error = (
                         f"the CSMS at {urlsplit(endpoint.url).hostname} closed the connection "
-                        "before answering the WebSocket handshake" + (
-                            ": with security profile 3 this is how a refused client "
-                            "certificate shows; check that the CSMS knows the charger's "
-                            "certificate (csms.client_cert) and its CA"
-                            if self.settings.client_cert is not None
-                            and endpoint.url.startswith("wss://") else ""))
+                        "before answering the WebSocket handshake" + hint)
                     log.error("%s", self.last_error)
                 if not connected and endpoint.url.startswith("wss://") and isinstance(
                         exc, ConnectionResetError | ssl.SSLEOFError | EOFError):
@@ -391,6 +419,7 @@ class Transport:
                             f"{old}, not TLS 1.2 or newer as OCPP requires; its TLS must be "
                             "updated")
                         log.error("%s", self.last_error)
+                        self._security(SecurityEvent.INVALID_TLS_VERSION, self.last_error)
                 log.warning("CSMS link failed: %s", self.last_error)
             except Exception as exc:  # never let the link die for good
                 self.last_error = f"{type(exc).__name__}: {exc}"

@@ -94,4 +94,9 @@ SECURITY_EVENTS = {
     SecurityEvent.MEMORY_EXHAUSTION: "MemoryExhaustion",
     SecurityEvent.STORAGE_DAMAGED: "StorageDamaged",
     SecurityEvent.INVALID_CHARGER_CERTIFICATE: "InvalidChargePointCertificate",
+    SecurityEvent.INVALID_TLS_VERSION: "InvalidTLSVersion",
+    SecurityEvent.INVALID_TLS_CIPHER_SUITE: "InvalidTLSCipherSuite",
+    SecurityEvent.INVALID_MESSAGES: "InvalidMessages",
+    SecurityEvent.TAMPER_DETECTION: "TamperDetectionActivated",
+    SecurityEvent.SECURITY_LOG_CLEARED: "SecurityLogWasCleared",
 }

@@ -79,6 +79,7 @@ from cpagent.trust import Trust
 from hal.factory import build_hardware
 from hal.interfaces import (
     CardPresented,
+    Fault,
     FaultCleared,
     FaultRaised,
     HalEvent,
@@ -100,6 +101,7 @@ CACHE_FLUSH_INTERVAL = 2.0
 DISK_CHECK_INTERVAL = 30.0
 EVENT_WRITE_WAIT = 2.0  # how long the worker waits for an event (not a start) to be durable
 CLOCK_CHECK_TICKS = 10
+INVALID_MESSAGES_WINDOW = 600.0  # seconds: one InvalidMessages event at most in each
 _KERNEL_BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 
@@ -179,6 +181,8 @@ class Agent:
         self.transport.identity = self.identity
         self.transport.on_security_problem = self.security_event
         self.security_log = SecurityLog(data_dir / "security.log")
+        self._invalid_told_at = -INVALID_MESSAGES_WINDOW
+        self._invalid_count = 0
         self._inputs: asyncio.Queue[tuple[CoreCall, asyncio.Future | None]] = asyncio.Queue()
         self._reset: asyncio.Future[str] | None = None
         self.started_at = time.monotonic()
@@ -358,6 +362,9 @@ class Agent:
                 if fault.blocks_charging:
                     targets = list(self.lanes.contactor) if e == 0 else [e]
                     tripped = self._trip(targets, f"fault {fault.value}")
+                if fault is Fault.TAMPER:  # after the trip: safety first, then the report
+                    self.security_event(SecurityEvent.TAMPER_DETECTION,
+                                        f"EVSE {e}: {info or 'tamper input active'}")
                 self._submit_acknowledging(
                     tripped, lambda core, now: core.fault_raised(e, fault, info, now))
             case FaultCleared(connector_id=e, fault=fault):
@@ -447,12 +454,24 @@ class Agent:
             take_time=self._take_time,
             render=lambda entry: adapter.render(entry, self.time_correction(entry)),
             note=self._note_link, call_timeout=self.config.csms.call_timeout,
-            on_frame=self.on_frame)
+            on_frame=self.on_frame, on_invalid=self._invalid_message)
         self.session = OcppSession(adapter, connection, services)
         try:
             await self.session.run()
         finally:
             self.session = None
+
+    def _invalid_message(self, what: str) -> None:
+        """InvalidMessages, told at most once per INVALID_MESSAGES_WINDOW: a CSMS (or someone
+        in its place) sending garbage must not flood the queue and the security log."""
+        now = time.monotonic()
+        self._invalid_count += 1
+        if now - self._invalid_told_at < INVALID_MESSAGES_WINDOW:
+            return
+        more = self._invalid_count - 1
+        self._invalid_told_at, self._invalid_count = now, 0
+        self.security_event(SecurityEvent.INVALID_MESSAGES, f"the CSMS sent {what}" + (
+            f" (and {more} more invalid messages since the last report)" if more else ""))
 
     async def _set_online(self, online: bool) -> None:
         await self.ask(lambda core, now: core.connection_changed(online, now))
@@ -549,9 +568,13 @@ class Agent:
     def security_event(self, event: SecurityEvent, info: str) -> None:
         """Into the local security log now, and durably queued for the CSMS."""
         now = self.clock.now()
-        self.security_log.write(event, now, info)
+        cleared = self.security_log.write(event, now, info)
         log.warning("security event %s: %s", event.value, info)
         self._spawn(self._queue_security_event(event, now, info))
+        if cleared:
+            self.security_event(SecurityEvent.SECURITY_LOG_CLEARED,
+                                f"the oldest security log entries were discarded to keep the "
+                                f"log within {self.security_log.limit // 1024} KiB")
 
     async def _queue_security_event(self, event: SecurityEvent, now: float, info: str) -> None:
         try:

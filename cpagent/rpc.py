@@ -277,8 +277,10 @@ class RpcEndpoint:
         *,
         call_timeout: float = 30.0,
         on_frame: Callable[[str, str], None] | None = None,
+        on_invalid: Callable[[str], None] | None = None,
     ) -> None:
         self.version = version
+        self._on_invalid = on_invalid  # told of each frame refused as not valid OCPP
         self._send = send
         self._handler = handler
         self.call_timeout = call_timeout
@@ -339,7 +341,7 @@ class RpcEndpoint:
         self.last_exchange = time.monotonic()
         if isinstance(text, bytes):
             # OCPP-J messages are text frames; a binary one is not read as one.
-            self.refused_frames += 1
+            self._refused("a binary frame")
             quiet.warning("binary", "refusing a binary WebSocket frame (%d bytes): OCPP-J "
                           "messages are text frames", len(text))
             prefix = _ID_PREFIX.match(text[:80].decode("utf-8", "replace"))
@@ -352,14 +354,14 @@ class RpcEndpoint:
         try:
             frame = parse_frame(text)
         except FrameRefused as exc:
-            self.refused_frames += 1
+            self._refused(f"a frame that is not valid JSON-RPC ({exc})")
             quiet.warning("parse", "refusing a frame: %s: %.120s", exc, text)
             match = _ID_PREFIX.match(text)
             if match:
                 await self._reply_error(match.group(1), exc.code, str(exc))
             return
         if not isinstance(frame, list) or not frame or frame[0] not in _MESSAGE_TYPES:
-            self.refused_frames += 1
+            self._refused("a frame of no OCPP-J message type")
             quiet.warning("type", "frame is not an OCPP-J message: %.120s", text)
             if isinstance(frame, list) and len(frame) > 1 and self._echoable(frame[1]):
                 await self._reply_error(frame[1], "MessageTypeNotSupported",
@@ -369,6 +371,11 @@ class RpcEndpoint:
             await self._handle_call_frame(frame, text)
             return
         self._handle_answer(frame)
+
+    def _refused(self, what: str) -> None:
+        self.refused_frames += 1
+        if self._on_invalid is not None:
+            self._on_invalid(what)
 
     @staticmethod
     def _echoable(unique_id: object) -> bool:
@@ -399,7 +406,7 @@ class RpcEndpoint:
     async def _handle_call_frame(self, frame: list, text: str) -> None:
         unique_id = frame[1] if len(frame) > 1 else None
         if not self._echoable(unique_id):
-            self.refused_frames += 1
+            self._refused("a call with an invalid message id")
             shown = unique_id if not isinstance(unique_id, str) else f"{len(unique_id)} chars"
             quiet.warning("bad-id", "refusing a call whose message id is not 1 to %d "
                           "characters (%.40s)", MAX_ID_LENGTH, shown)
@@ -409,7 +416,7 @@ class RpcEndpoint:
             return
         assert isinstance(unique_id, str)
         if len(frame) != 4 or not isinstance(frame[2], str):
-            self.refused_frames += 1
+            self._refused("a malformed call")
             quiet.warning("malformed-call", "malformed call: %.120s", text)
             await self._reply_error(unique_id, "FormatViolation", "malformed call")
             return
@@ -449,6 +456,9 @@ class RpcEndpoint:
         except RpcError as exc:
             quiet.warning(f"refused-{exc.code}", "answering %.40s %s with %s: %s", call.action,
                           call.unique_id, exc.code, exc.details or exc.description)
+            if exc.code not in ("NotImplemented", "NotSupported", "InternalError"):
+                # An action we lack is no fault of the message; a payload off the schema is.
+                self._refused(f"{call.action[:40]} refused with {exc.code}")
             await self._reply_error(call.unique_id, exc.code, exc.description, exc.details)
             return
         except Exception:

@@ -41,16 +41,22 @@ class SecurityLog:
         self.path = path
         self.limit = limit
 
-    def write(self, event: SecurityEvent, timestamp: float, info: str) -> None:
+    def write(self, event: SecurityEvent, timestamp: float, info: str) -> bool:
+        """Append one line; True when making room for it discarded the oldest entries (the
+        previous rotated file), which is itself an event: SecurityLogWasCleared."""
         line = f"{format_time(timestamp)} {event.value} {info}".replace("\n", " ")[:600] + "\n"
+        cleared = False
         with contextlib.suppress(OSError):  # a full disk must not stop the event going out
             if self.path.exists() and self.path.stat().st_size > self.limit:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+                rotated = self.path.with_name(self.path.name + ".1")
+                cleared = rotated.exists()
+                os.replace(self.path, rotated)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             try:
                 os.write(fd, line.encode("utf-8", "replace"))
             finally:
                 os.close(fd)
+        return cleared
 
 
 def notification(names: dict[SecurityEvent, str], event: str | SecurityEvent, timestamp: float,

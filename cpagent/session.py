@@ -56,6 +56,7 @@ class SessionServices:
     note: Callable[[str | None], None]  # what `status` shows as the last problem
     call_timeout: float = 30.0
     on_frame: Callable[[str, str], None] | None = None
+    on_invalid: Callable[[str], None] | None = None  # a frame refused as not valid OCPP
     boot_retry: float = BOOT_RETRY_DEFAULT
 
 
@@ -66,7 +67,8 @@ class OcppSession:
         self.connection = connection
         self.services = services
         self.rpc = RpcEndpoint(adapter.version, connection.send, self._on_call,
-                               call_timeout=services.call_timeout, on_frame=services.on_frame)
+                               call_timeout=services.call_timeout, on_frame=services.on_frame,
+                               on_invalid=services.on_invalid)
         self.online = False
         self.heartbeat_changed = asyncio.Event()
 

@@ -25,6 +25,7 @@ import logging
 import random
 import ssl
 import time
+import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,15 +157,18 @@ def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
     return None
 
 
-async def old_tls_only(url: str, timeout: float = 3.0) -> str | None:
-    """The TLS version the server at `url` answers with when older versions are allowed, if
-    that is below 1.2; None otherwise. A probe for the diagnosis only: no session uses it."""
+async def probe_tls(url: str, timeout: float = 3.0) -> tuple[str, str] | None:
+    """The TLS version and cipher suite the server at `url` settles on with a client that
+    allows everything and shows no certificate; None when even that handshake fails. For the
+    diagnosis only: nothing is sent over it, no session uses it."""
     parts = urlsplit(url)
     probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     probe.check_hostname = False
-    probe.verify_mode = ssl.CERT_NONE  # nothing is sent over it; only the version is read
+    probe.verify_mode = ssl.CERT_NONE  # only the version and the suite are read
     try:
-        probe.minimum_version = ssl.TLSVersion.TLSv1
+        with warnings.catch_warnings():  # asking for TLS 1.0 is the point of the probe
+            warnings.simplefilter("ignore", DeprecationWarning)
+            probe.minimum_version = ssl.TLSVersion.TLSv1
         probe.set_ciphers("ALL:@SECLEVEL=0")
     except (ValueError, ssl.SSLError):
         return None
@@ -177,12 +181,43 @@ async def old_tls_only(url: str, timeout: float = 3.0) -> str | None:
         return None
     try:
         ssl_object = writer.get_extra_info("ssl_object")
-        version = ssl_object.version() if ssl_object is not None else None
+        found = (ssl_object.version() or "", (ssl_object.cipher() or ("",))[0]) \
+            if ssl_object is not None else None
     finally:
         writer.close()
         with contextlib.suppress(OSError, ssl.SSLError):
             await writer.wait_closed()
-    return version if version in ("TLSv1", "TLSv1.1", "SSLv3") else None
+    return found
+
+
+_OLD_TLS = ("SSLv3", "TLSv1", "TLSv1.1")
+
+
+async def cut_handshake(url: str, with_certificate: bool) -> tuple[str, SecurityEvent | None]:
+    """Why a TLS handshake that the server cut short failed (a reset, an end of stream, a bare
+    handshake_failure alert: in TLS 1.2 that is how an old server, a cipher mismatch and a
+    refused or missing client certificate all look). A probe tells them apart."""
+    where = urlsplit(url).hostname or url
+    found = await probe_tls(url)
+    if found is not None:
+        version, cipher = found
+        if version in _OLD_TLS:
+            return (f"TLS to {where}: the CSMS speaks only {version}, not TLS 1.2 or newer as "
+                    "OCPP requires; its TLS must be updated"), SecurityEvent.INVALID_TLS_VERSION
+        if version == "TLSv1.2" and cipher not in TLS12_CIPHERS.split(":"):
+            return (f"TLS to {where}: no cipher suite in common with the CSMS, which offers "
+                    f"{cipher}; OCPP names AES-GCM suites (ECDHE-ECDSA, ECDHE-RSA or RSA key "
+                    "exchange), one of which the CSMS's TLS settings must allow"), \
+                SecurityEvent.INVALID_TLS_CIPHER_SUITE
+    # The server's TLS is acceptable (or refuses even the probe): what is left between it and
+    # the charger is the client certificate.
+    if with_certificate:
+        return (f"TLS to {where}: the CSMS refused the charger's client certificate during "
+                "the handshake; check that the CSMS knows the charger's certificate "
+                "(csms.client_cert) and its CA"), None
+    return (f"TLS to {where}: the CSMS ended the handshake; if it requires a client "
+            "certificate (security profile 3), this is how it refuses a charger without one, "
+            "and this charger has none: set csms.client_cert and csms.client_key"), None
 
 
 class Transport:
@@ -375,6 +410,9 @@ class Transport:
                                    self.last_error)
             except ssl.SSLError as exc:
                 self.last_error, event = tls_problem(exc, endpoint.url)
+                if "HANDSHAKE_FAILURE" in (exc.reason or "").upper():
+                    self.last_error, event = await cut_handshake(
+                        endpoint.url, self.client_credentials() is not None)
                 log.error("%s", self.last_error)
                 if event is not None:
                     self._security(event, self.last_error)
@@ -385,6 +423,9 @@ class Transport:
                 tls = _tls_cause(exc)
                 if tls is not None:
                     self.last_error, event = tls_problem(tls, endpoint.url)
+                    if "HANDSHAKE_FAILURE" in (tls.reason or "").upper():
+                        self.last_error, event = await cut_handshake(
+                            endpoint.url, self.client_credentials() is not None)
                     log.error("%s", self.last_error)
                     if event is not None:
                         self._security(event, self.last_error)
@@ -410,16 +451,15 @@ class Transport:
                     log.error("%s", self.last_error)
                 if not connected and endpoint.url.startswith("wss://") and isinstance(
                         exc, ConnectionResetError | ssl.SSLEOFError | EOFError):
-                    # A server that cuts the handshake short says nothing: find out whether
-                    # it speaks only an old TLS, which would otherwise read "reset".
-                    old = await old_tls_only(endpoint.url)
-                    if old is not None:
-                        self.last_error = (
-                            f"TLS to {urlsplit(endpoint.url).hostname}: the CSMS speaks only "
-                            f"{old}, not TLS 1.2 or newer as OCPP requires; its TLS must be "
-                            "updated")
-                        log.error("%s", self.last_error)
-                        self._security(SecurityEvent.INVALID_TLS_VERSION, self.last_error)
+                    # A server that cuts the handshake short says nothing, which would
+                    # otherwise read "ConnectionResetError": find out why.
+                    self.last_error, event = await cut_handshake(
+                        endpoint.url, self.client_credentials() is not None)
+                    log.error("%s", self.last_error)
+                    if event is not None:
+                        self._security(event, self.last_error)
+                    elif self.identity is not None:
+                        self.identity.refused()
                 log.warning("CSMS link failed: %s", self.last_error)
             except Exception as exc:  # never let the link die for good
                 self.last_error = f"{type(exc).__name__}: {exc}"

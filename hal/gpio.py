@@ -308,6 +308,7 @@ def build_contactor(connector_id: int, options: dict[str, Any]) -> GpioContactor
 _INPUT_KINDS: dict[str, tuple[Fault | None, str]] = {
     "emergency_stop": (Fault.EMERGENCY_STOP, "emergency stop pressed"),
     "rcd": (Fault.GROUND_FAILURE, "residual current device tripped"),
+    "tamper": (Fault.TAMPER, "enclosure opened (tamper switch)"),
     "fault": (None, ""),
 }
 

@@ -47,6 +47,7 @@ class Fault(StrEnum):
     READER_FAILURE = "reader_failure"
     CONNECTOR_LOCK_FAILURE = "connector_lock_failure"
     EMERGENCY_STOP = "emergency_stop"
+    TAMPER = "tamper"  # the enclosure opened: live parts may be within reach
     INTERNAL_ERROR = "internal_error"
     OTHER = "other"
 

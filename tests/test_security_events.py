@@ -5,9 +5,11 @@ transaction messages when a CSMS does not take them."""
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 
+import pki
 import pytest
 from dialects import DIALECTS
 from harness import RunningAgent, make_config
@@ -18,7 +20,9 @@ from cpagent.host import Message, RetryPolicy
 from cpagent.outbox import Outbox
 from cpagent.records import SECURITY_EVENT, TRANSACTION_EVENT
 from cpagent.rpc import CallErrorReceived
+from cpagent.security_events import SecurityEvent
 from cpagent.store import AsyncStore, NewRecord, Store
+from hal.interfaces import Fault
 
 CP = "CP-TEST"
 WORDS = {"1.6": {"auth": "FailedToAuthenticateAtCentralSystem"},
@@ -114,3 +118,121 @@ async def test_a_csms_without_security_events_holds_up_nothing(tmp_path):
     assert outbox.dead_letters == 0 and await store.outbox_count() == 0
     assert event.seq < start.seq
     store.close()
+
+
+async def _events(csms: DevCsms, kind: str, count: int = 1, timeout: float = 10.0) -> list[dict]:
+    """The SecurityEventNotifications of `kind` the CSMS received, once there are `count`."""
+    for _ in range(int(timeout / 0.02)):
+        found = [r.payload for r in csms.calls("SecurityEventNotification")
+                 if r.payload["type"] == kind]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no {kind} event at the CSMS; got "
+                         f"{[r.payload['type'] for r in csms.calls('SecurityEventNotification')]}")
+
+
+@pytest.fixture(params=["1.6", "2.0.1"])
+async def open_peer(request) -> AsyncIterator[DevCsms]:
+    async with DevCsms(subprotocols=(DIALECTS[request.param].subprotocol,)) as csms:
+        csms.version = request.param
+        yield csms
+
+
+async def _running(csms: DevCsms, tmp_path) -> RunningAgent:
+    charger = RunningAgent(make_config(tmp_path / "agent", csms.url, csms={
+        "ocpp_version": csms.version}), Clock("system"))
+    await charger.start()
+    await DIALECTS[csms.version](csms).wait_status("Available")
+    return charger
+
+
+async def test_invalid_messages_are_told_once_not_per_frame(open_peer, tmp_path):
+    charger = await _running(open_peer, tmp_path)
+    try:
+        for n in range(5):  # garbage, and a call whose payload breaks the schema
+            await open_peer.send_raw(CP, "[2, \"x\"" if n % 2 else
+                                     f'[2,"bad-{n}","Reset",{{"type":"Sideways"}}]')
+        [event] = await _events(open_peer, "InvalidMessages")
+        assert "the CSMS sent" in event["techInfo"]
+        await asyncio.sleep(0.3)
+        assert len(await _events(open_peer, "InvalidMessages")) == 1  # not one per frame
+        assert open_peer.is_connected(CP)  # and the link stays up
+    finally:
+        await charger.stop()
+
+
+async def test_an_opened_enclosure_stops_charging_and_is_told(open_peer, tmp_path):
+    charger = await _running(open_peer, tmp_path)
+    try:
+        charger.mock.fault(Fault.TAMPER, 1, "enclosure door open")
+        [event] = await _events(open_peer, "TamperDetectionActivated")
+        assert "enclosure door open" in event["techInfo"]
+        await DIALECTS[open_peer.version](open_peer).wait_status("Faulted")
+        assert "tamper_detection_activated" in (tmp_path / "agent" / "security.log").read_text()
+    finally:
+        await charger.stop()
+
+
+async def test_discarding_old_security_log_entries_is_itself_an_event(open_peer, tmp_path):
+    charger = await _running(open_peer, tmp_path)
+    try:
+        charger.agent.security_log.limit = 300  # a small log, to fill it quickly
+        for n in range(8):
+            charger.agent.security_event(SecurityEvent.RECONFIGURATION, f"change {n} " * 8)
+        [event, *_] = await _events(open_peer, "SecurityLogWasCleared")
+        assert "discarded" in event["techInfo"]
+        log = tmp_path / "agent" / "security.log"
+        assert log.stat().st_size < 1000 and log.with_name("security.log.1").exists()
+    finally:
+        await charger.stop()
+
+
+def _bad_tls(case: str, ca: pki.Issued, folder) -> ssl.SSLContext:
+    """A CSMS whose TLS the charger must refuse, each in its own way."""
+    if case == "InvalidCsmsCertificate":
+        return pki.server_context(pki.leaf(pki.root("Someone Else")), folder)
+    context = pki.server_context(pki.leaf(ca), folder)
+    if case == "InvalidTLSVersion":
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+        context.set_ciphers("ALL:@SECLEVEL=0")
+    else:  # only CBC suites with SHA-1 MACs, none that OCPP names
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("ECDHE-ECDSA-AES128-SHA:ECDHE-RSA-AES128-SHA")
+    return context
+
+
+@pytest.mark.parametrize("case", ["InvalidCsmsCertificate", "InvalidTLSVersion",
+                                  "InvalidTLSCipherSuite"])
+async def test_a_refused_tls_server_is_told_to_the_csms_reached_next(open_peer, case, tmp_path):
+    version = open_peer.version
+    ca = pki.root("CSMS Root")
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(ca.pem)
+    data = tmp_path / "agent"
+    try:
+        context = _bad_tls(case, ca, tmp_path)
+    except (ValueError, ssl.SSLError) as exc:
+        pytest.skip(f"this OpenSSL cannot serve that: {exc}")
+    async with DevCsms(ssl_context=context) as bad:
+        charger = RunningAgent(make_config(data, bad.url, csms={
+            "ocpp_version": version, "ca_file": str(ca_file)}), Clock("system"))
+        await charger.start()
+        try:
+            for _ in range(500):
+                if (data / "security.log").exists() and "invalid_" in \
+                        (data / "security.log").read_text():
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await charger.stop()
+    charger.config = make_config(data, open_peer.url, csms={"ocpp_version": version})
+    await charger.start()
+    try:
+        expected = {"1.6": {"InvalidCsmsCertificate": "InvalidCentralSystemCertificate"}}
+        kind = expected.get(version, {}).get(case, case)
+        [event] = await _events(open_peer, kind)
+        assert "TLS to 127.0.0.1" in event["techInfo"]
+    finally:
+        await charger.stop()

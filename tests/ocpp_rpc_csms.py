@@ -27,6 +27,16 @@ call; "subprotocol": "ocpp1.6" not offered), ``identity``, ``kind``,
 is still recorded, and so is the CallError strict mode answers it with, whose
 code uses the OCPP 1.6 spellings FormationViolation and
 OccurrenceConstraintViolation.
+
+Security profiles 2 and 3: ``OcppRpcCsms(tls_cert=..., tls_key=...)`` (PEM
+files) serves ``wss://`` with TLS 1.2 or newer; with ``client_ca=`` (PEM) too,
+Node's TLS layer refuses any charger without a client certificate issued by
+that CA (profile 3). ``password=`` makes HTTP Basic auth with the charger's
+identity and that password mandatory (401 otherwise; profiles 1 and 2).
+``tls_max_version="TLSv1.2"`` caps the TLS version.
+``tls_refusals`` lists the TLS handshakes Node refused, and ``connection(id)``
+tells what a connected charger presented (``tls``: protocol, cipher,
+``client_cert`` subject/issuer CN; ``basic_auth``).
 """
 
 from __future__ import annotations
@@ -278,11 +288,26 @@ class OcppRpcCsms:
     """ocpp-rpc strict-mode CSMS in a Node subprocess; see the module docstring."""
 
     def __init__(self, *, on_record: Callable[[Record], Any] | None = None,
-                 subprotocols: tuple[str, ...] = ("ocpp1.6",)) -> None:
+                 subprotocols: tuple[str, ...] = ("ocpp1.6",),
+                 tls_cert: os.PathLike | str | None = None,
+                 tls_key: os.PathLike | str | None = None,
+                 client_ca: os.PathLike | str | None = None,
+                 tls_max_version: str | None = None,
+                 password: str | bytes | None = None) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if (client_ca is not None or tls_max_version is not None) and tls_cert is None:
+            raise ValueError("client_ca and tls_max_version need tls_cert and tls_key")
         self.subprotocols = tuple(subprotocols)
+        self.tls_cert = Path(tls_cert) if tls_cert is not None else None
+        self.tls_key = Path(tls_key) if tls_key is not None else None
+        self.client_ca = Path(client_ca) if client_ca is not None else None
+        self.tls_max_version = tls_max_version  # Node's spelling: "TLSv1.2", "TLSv1.3"
+        self.password = password.encode() if isinstance(password, str) else password
         self.url: str = ""
         self.records: list[Record] = []
         self.bad_frames: list[dict] = []
+        self.tls_refusals: list[dict] = []  # {"remote", "error", "code"} per refused handshake
         self.ocpp_rpc_version: str | None = None
         self._on_record = on_record
         self._boot_status = "Accepted"
@@ -395,6 +420,20 @@ class OcppRpcCsms:
         self._listening = asyncio.get_running_loop().create_future()
         self._settings_file = Path(tempfile.mkdtemp(prefix="ocpp-rpc-csms-")) / "settings.json"
         self._push()
+        security: list[str] = []
+        if self.tls_cert is not None and self.tls_key is not None:
+            security += ["--tls-cert", str(self.tls_cert.resolve()),
+                         "--tls-key", str(self.tls_key.resolve())]
+        if self.client_ca is not None:
+            security += ["--tls-client-ca", str(self.client_ca.resolve())]
+        if self.tls_max_version is not None:
+            security += ["--tls-max-version", self.tls_max_version]
+        if self.password is not None:
+            # A file, not an argument: the password stays out of `ps`.
+            password_file = self._settings_file.with_name("password")
+            password_file.touch(mode=0o600)
+            password_file.write_bytes(self.password)
+            security += ["--password-file", str(password_file)]
         self._proc = await asyncio.create_subprocess_exec(
             node,
             "server.js",
@@ -402,6 +441,7 @@ class OcppRpcCsms:
             str(self._settings_file),
             "--protocols",
             ",".join(self.subprotocols),
+            *security,
             cwd=NODE_DIR,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -426,7 +466,8 @@ class OcppRpcCsms:
                 ) from e
             raise
         self.ocpp_rpc_version = listening.get("ocpp_rpc")
-        self.url = f"ws://127.0.0.1:{listening['port']}/ocpp"
+        scheme = "wss" if listening.get("tls") else "ws"
+        self.url = f"{scheme}://127.0.0.1:{listening['port']}/ocpp"
 
     async def stop(self) -> None:
         proc = self._proc
@@ -558,6 +599,9 @@ class OcppRpcCsms:
                 self._listening.set_result(msg)
         elif event == "upgrade_aborted":
             log.warning("ocpp-rpc CSMS refused a connection: %s", msg)
+        elif event == "tls_refused":
+            self.tls_refusals.append({k: v for k, v in msg.items() if k != "event"})
+            log.warning("ocpp-rpc CSMS refused a TLS handshake: %s", msg)
         async with self._changed:
             self._changed.notify_all()
 
@@ -627,6 +671,11 @@ class OcppRpcCsms:
 
     def is_connected(self, identity: str) -> bool:
         return identity in self._connections
+
+    def connection(self, identity: str) -> dict | None:
+        """How `identity` is connected, as Node saw it: protocol, basic_auth, tls (or None)."""
+        conn = self._connections.get(identity)
+        return dict(conn) if conn else None
 
     def subprotocol(self, identity: str) -> str | None:
         conn = self._connections.get(identity)

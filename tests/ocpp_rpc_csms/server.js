@@ -16,9 +16,22 @@
 // charger call is answered instead of coming from "set" commands: a file the
 // test wrote synchronously is certain to be seen by the next frame, whereas a
 // stdin line races the charger's socket.
+//
+// OCPP security profiles 2 and 3 (TLS): `--tls-cert FILE --tls-key FILE`
+// (PEM) serve wss:// instead of ws://, TLS 1.2 or newer only. With
+// `--tls-client-ca FILE` (PEM) too, every charger must present a client
+// certificate issued by that CA or the TLS handshake fails (requestCert +
+// rejectUnauthorized: profile 3). `--tls-max-version TLSv1.2` caps the
+// version. `--password-file FILE` makes HTTP Basic auth mandatory: the
+// password (FILE's bytes, exactly) must come with the charger's identity as
+// the user name, or the upgrade is refused with 401 (profiles 1 and 2).
+// Without these options the server is plain ws:// and checks no password, as
+// before.
 
+const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
+const https = require('https');
 const readline = require('readline');
 const {
     RPCServer, NOREPLY, TimeoutError, createRPCError, createValidator,
@@ -29,8 +42,23 @@ const SCHEMAS = {
 };
 const OCPP_RPC_VERSION = require('ocpp-rpc/package.json').version;
 
-const protocolsArg = process.argv.indexOf('--protocols');
-const PROTOCOLS = protocolsArg >= 0 ? process.argv[protocolsArg + 1].split(',') : ['ocpp1.6'];
+function option(name) {
+    const i = process.argv.indexOf(name);
+    return i >= 0 ? process.argv[i + 1] : null;
+}
+
+const PROTOCOLS = (option('--protocols') ?? 'ocpp1.6').split(',');
+const TLS_CERT = option('--tls-cert');
+const TLS_KEY = option('--tls-key');
+const TLS_CLIENT_CA = option('--tls-client-ca');
+const TLS_MAX_VERSION = option('--tls-max-version');   // e.g. TLSv1.2; default: Node's newest
+const PASSWORD_FILE = option('--password-file');
+if ((TLS_CERT === null) !== (TLS_KEY === null) || (TLS_CLIENT_CA !== null && TLS_CERT === null)) {
+    process.stderr.write('--tls-cert and --tls-key go together; --tls-client-ca needs both\n');
+    process.exit(2);
+}
+// Read once at startup: a Buffer, so binary AuthorizationKeys compare exactly.
+const PASSWORD = PASSWORD_FILE !== null ? fs.readFileSync(PASSWORD_FILE) : null;
 
 // ---------------------------------------------------------------------------
 // Validation
@@ -139,8 +167,7 @@ const settings = {
     respond: true,
 };
 
-const settingsFileArg = process.argv.indexOf('--settings');
-const settingsFile = settingsFileArg >= 0 ? process.argv[settingsFileArg + 1] : null;
+const settingsFile = option('--settings');
 
 function refreshSettings() {
     if (!settingsFile) return;
@@ -255,6 +282,18 @@ server.auth((accept, reject, handshake) => {
     if (!handshake.identity) {
         reject(404, 'No charge point identity in the URL');
         return;
+    }
+    if (PASSWORD !== null) {
+        // ocpp-rpc gives the password only when the Basic auth user name is
+        // the identity; anything else arrives as undefined.
+        const given = handshake.password;
+        const good = given !== undefined && given.length === PASSWORD.length
+            && crypto.timingSafeEqual(given, PASSWORD);
+        if (!good) {
+            reject(401, given === undefined ? 'Basic auth with the charge point identity required'
+                : 'Wrong password');
+            return;
+        }
     }
     // No subprotocol is accepted and closed in the 'client' handler, as
     // OCPP-J 1.6 section 3.1.2 prescribes, rather than failing the handshake.
@@ -379,8 +418,27 @@ server.on('client', (client) => {
     emit({
         event: 'connected', identity, conn, protocol: client.protocol,
         endpoint: client.handshake.endpoint, remote: client.handshake.remoteAddress,
+        basic_auth: client.handshake.password !== undefined,
+        tls: tlsInfo(client.handshake.request.socket),
     });
 });
+
+// What the TLS layer agreed with the charger; null on plain ws://.
+function tlsInfo(socket) {
+    if (!socket || !socket.encrypted) return null;
+    const peer = socket.getPeerCertificate();
+    const hasPeer = peer && Object.keys(peer).length > 0;
+    return {
+        protocol: socket.getProtocol(),
+        cipher: socket.getCipher()?.name ?? null,
+        authorized: socket.authorized,
+        client_cert: hasPeer ? {
+            subject_cn: peer.subject?.CN ?? null,
+            issuer_cn: peer.issuer?.CN ?? null,
+            serial: peer.serialNumber ?? null,
+        } : null,
+    };
+}
 
 // ---------------------------------------------------------------------------
 // Commands from Python
@@ -464,11 +522,42 @@ async function handleCommand(line) {
 process.on('unhandledRejection', err => process.stderr.write(`unhandled rejection: ${err?.stack ?? err}\n`));
 process.stdout.on('error', () => process.exit(0));   // Python went away
 
-async function main() {
-    const httpServer = http.createServer({noDelay: true}, (req, res) => {
+function createServer() {
+    const notFound = (req, res) => {
         res.statusCode = 404;
         res.end();
+    };
+    if (TLS_CERT === null) return http.createServer({noDelay: true}, notFound);
+    const options = {
+        noDelay: true,
+        cert: fs.readFileSync(TLS_CERT),
+        key: fs.readFileSync(TLS_KEY),
+        minVersion: 'TLSv1.2',
+    };
+    if (TLS_MAX_VERSION !== null) options.maxVersion = TLS_MAX_VERSION;
+    if (TLS_CLIENT_CA !== null) {
+        Object.assign(options, {
+            ca: fs.readFileSync(TLS_CLIENT_CA),
+            requestCert: true,
+            rejectUnauthorized: true,   // no certificate, or one of another CA: no TLS
+        });
+    }
+    const server = https.createServer(options, notFound);
+    server.on('tlsClientError', (error, socket) => {
+        // A client certificate that fails verification makes Node destroy the
+        // socket without an alert; the error is then a bare "socket hang up" and
+        // only authorizationError says why.
+        emit({
+            event: 'tls_refused', remote: socket?.remoteAddress ?? null,
+            error: error?.message ?? String(error), code: error?.code ?? null,
+            authorization_error: socket?.authorizationError ?? null,
+        });
     });
+    return server;
+}
+
+async function main() {
+    const httpServer = createServer();
     httpServer.on('upgrade', (request, socket, head) => {
         // ocpp-rpc would throw an unhandled URIError on a malformed escape.
         try {
@@ -484,7 +573,11 @@ async function main() {
         httpServer.once('error', reject);
         httpServer.listen(0, '127.0.0.1', resolve);
     });
-    emit({event: 'listening', port: httpServer.address().port, ocpp_rpc: OCPP_RPC_VERSION});
+    emit({
+        event: 'listening', port: httpServer.address().port, ocpp_rpc: OCPP_RPC_VERSION,
+        tls: TLS_CERT !== null, client_certificates: TLS_CLIENT_CA !== null,
+        password: PASSWORD !== null,
+    });
 
     const rl = readline.createInterface({input: process.stdin, crlfDelay: Infinity});
     rl.on('line', line => { if (line.trim()) handleCommand(line); });

@@ -70,6 +70,7 @@ from cpagent.outbox import Outbox
 from cpagent.protocols import PREFERRED, SUBPROTOCOLS, adapter_for
 from cpagent.recorder import Recorder, StartRefused
 from cpagent.records import SECURITY_EVENT, OutboxEntry, TransactionRow
+from cpagent.renewal import CertificateRenewal
 from cpagent.security_events import SecurityEvent, SecurityLog, event_record
 from cpagent.session import BootGate, OcppSession, SessionServices
 from cpagent.settings import SharedSettings, password_bytes, password_key
@@ -179,6 +180,9 @@ class Agent:
             if csms.client_cert is not None and csms.client_key is not None else None,
             self._trusted_roots, self._known_time)
         self.transport.identity = self.identity
+        self.renewal = CertificateRenewal(
+            self.identity, lambda: self.adapter.request_certificate(), lambda: self.shared,
+            self._known_time, lambda known: self.store.put_state("charger_certificates", known))
         self.transport.on_security_problem = self.security_event
         self.security_log = SecurityLog(data_dir / "security.log")
         self._invalid_told_at = -INVALID_MESSAGES_WINDOW
@@ -474,6 +478,9 @@ class Agent:
             f" (and {more} more invalid messages since the last report)" if more else ""))
 
     async def _set_online(self, online: bool) -> None:
+        if online:
+            await self.renewal.keep_metadata()  # a certificate on trial may have been proven
+            self.renewal.check()
         await self.ask(lambda core, now: core.connection_changed(online, now))
 
     def _note_link(self, problem: str | None) -> None:
@@ -811,8 +818,10 @@ class Agent:
             asyncio.create_task(self._read_meters(), name="meters"),
             asyncio.create_task(self._keep_cache(), name="cache"),
             asyncio.create_task(self._guard_disk(), name="disk"),
+            asyncio.create_task(self.renewal.watch(), name="renewal"),
             asyncio.create_task(self.transport.run(), name="transport"),
         ]
+        await self.renewal.keep_metadata()
         self.ready.set()
         log.info("cpagent %s running as %s, CSMS %s, OCPP %s (boot reason %s)", __version__,
                  self.config.charge_point.id, self.config.csms.endpoint_url,
@@ -824,6 +833,7 @@ class Agent:
             for task in reversed(tasks):
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            await self.renewal.stop()
             await control.stop()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.outbox.flush(), 5)
@@ -894,6 +904,21 @@ class Agent:
 
     # ---- what `cpagent status` shows ---------------------------------------------------------
 
+    def _certificate_status(self) -> dict[str, Any] | None:
+        """The charger's own certificate (security profile 3), never its key."""
+        try:
+            known = self.identity.describe()
+        except Exception:  # an unreadable file must not break `status`
+            return None
+        shown = known.get("current") or known.get("configured")
+        if shown is None and "next" not in known:
+            return None
+        return {"subject": shown["subject"] if shown else None,
+                "serial": shown["serial"] if shown else None,
+                "valid_until": format_time(shown["not_after"]) if shown else None,
+                "next_on_trial": "next" in known,
+                "renewal": self.renewal.last_outcome}
+
     def snapshot(self) -> dict[str, Any]:
         core = self.core
         evses = []
@@ -928,7 +953,8 @@ class Agent:
             "version": __version__,
             "connection": {
                 "state": transport.state,
-                "url": self.config.csms.endpoint_url,
+                "url": transport.endpoint.url,  # after a raised profile, not the file's
+                "security_profile": _Link(self).info().security_profile,
                 "ocpp_version": transport.version or self.active_version or None,
                 "offered": [SUBPROTOCOLS[v] for v in transport.settings.versions],
                 "registration": (self.gate.of(self.active_version).value
@@ -939,6 +965,7 @@ class Agent:
                 "connects": transport.connect_count,
                 "last_error": transport.last_error,
             },
+            "certificate": self._certificate_status(),
             "boot_reason": self.boot_reason.value,
             "clock_trusted": self.clock.trusted,
             "connectors": evses,
@@ -1049,6 +1076,9 @@ class _Host:
 
     def security_event(self, event: SecurityEvent, info: str) -> None:
         self._agent.security_event(event, info)
+
+    def renew_certificate(self, why: str) -> None:
+        self._agent.renewal.renew(why)
 
 
 class _Queue:

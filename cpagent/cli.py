@@ -161,7 +161,13 @@ def _status(args: argparse.Namespace) -> int:
     print(f"{answer['charge_point']} (cpagent {answer['version']})")
     print(f"  CSMS   {link['url']}  {link['state']}"
           + (f", OCPP {link['ocpp_version']}, {link['registration']}"
-             if link["ocpp_version"] else ""))
+             if link["ocpp_version"] else "")
+          + f", security profile {link.get('security_profile', '?')}")
+    cert = answer.get("certificate")
+    if cert:
+        print(f"  cert   {cert['subject'] or '-'}, valid until {cert['valid_until'] or '-'}"
+              + (", a renewed one waits for the next connection" if cert["next_on_trial"]
+                 else "") + (f"; renewal: {cert['renewal']}" if cert["renewal"] else ""))
     for c in answer["connectors"]:
         line = f"  #{c['id']}     {c['status']}"
         if c["error"]:

@@ -258,6 +258,12 @@ class AdapterHost(Protocol):
         """What `cpagent status` should show as the last problem (None clears it)."""
         ...
 
+    def renew_certificate(self, why: str) -> None:
+        """Have the CSMS sign a new charger certificate, asking again while no
+        CertificateSigned comes (CertSigningWaitMinimum, doubled each time, at most
+        CertSigningRepeatTimes more); one renewal at a time."""
+        ...
+
     def security_event(self, event: SecurityEvent, info: str) -> None:
         """Into the security log, and durably to the CSMS."""
         ...
@@ -307,6 +313,10 @@ class ProtocolAdapter(Protocol):
         ...
 
     async def delivered(self, entry: OutboxEntry, message: Message, answer: dict) -> None: ...
+
+    async def request_certificate(self) -> str:
+        """SignCertificate with a CSR for a new key of the charger's; the CSMS's status."""
+        ...
 
     async def station_event(self, event: SecurityEvent, text: str) -> None:
         """Tell the CSMS of something the operator must know (a full disk, a damaged

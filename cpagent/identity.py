@@ -56,6 +56,7 @@ class ChargerIdentity:
         self._trusted_roots = trusted_roots  # PEM text of every root the charger trusts
         self._trusted_now = trusted_now  # the time, if known
         self._trying_next = False
+        self.signed = 0  # CertificateSigned chains taken in this run
 
     def _file(self, name: str) -> Path:
         return self.directory / name
@@ -91,6 +92,31 @@ class ChargerIdentity:
                            self._file(f"refused.{suffix}"))
         self._trying_next = False
         log.error("the CSMS refused the new client certificate: using the previous one again")
+
+    def describe(self) -> dict[str, dict]:
+        """What each certificate on file is (for the store, `status` and renewal): subject,
+        serial and validity of the one in use and of one waiting for its first connection."""
+        from cryptography import x509
+
+        found: dict[str, dict] = {}
+        files = {"next": self._file("next.pem"), "current": self._file("current.pem")}
+        if self.configured is not None:
+            files.setdefault("configured", self.configured[0])
+        for name, path in files.items():
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            found[name] = {"subject": cert.subject.rfc4514_string()[:200],
+                           "serial": f"{cert.serial_number:x}",
+                           "not_before": cert.not_valid_before_utc.timestamp(),
+                           "not_after": cert.not_valid_after_utc.timestamp()}
+        return found
+
+    def in_use(self) -> dict | None:
+        """The certificate the charger shows now, as `describe` tells it."""
+        known = self.describe()
+        return known.get("current") or known.get("configured")
 
     # ---- renewal over OCPP -------------------------------------------------------------------
 
@@ -155,6 +181,7 @@ class ChargerIdentity:
             return Result(Outcome.REJECTED, "the chain leads to no root the charger trusts")
         _write_secret(self._file("next.pem"), chain_pem.encode("ascii"))
         os.replace(pending, self._file("next.key"))
+        self.signed += 1
         log.warning("a new client certificate (serial %x) will be used from the next "
                     "connection", leaf.serial_number)
         return Result(Outcome.ACCEPTED)

@@ -35,6 +35,10 @@ DEFAULTS: dict[str, str] = {
     "unlock_on_ev_disconnect": "true",
     "reset_retries": "1",
     "ping_interval": "30",
+    # Renewing the charger's certificate: the wait for CertificateSigned after a
+    # SignCertificate, doubled at each of the repeats (2.0.1 A02.FR.17, 1.6 whitepaper ed. 3).
+    "cert_signing_wait_minimum": "60",
+    "cert_signing_repeat_times": "3",
     # Secret, never reported: the basic-auth password the CSMS set, as the hex of its bytes,
     # since a 1.6 AuthorizationKey may be any bytes and a 2.0.1 BasicAuthPassword is text.
     "basic_auth_key": "",

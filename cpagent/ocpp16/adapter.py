@@ -515,7 +515,7 @@ class Ocpp16Adapter:
     async def _extended_trigger(self, payload: dict) -> dict:
         match payload["requestedMessage"]:
             case "SignChargePointCertificate":
-                self._spawn(self._renew_certificate())
+                self._spawn(self._later(lambda: self._renew("the Central System asked")))
             case "Heartbeat":
                 self._spawn(self._later(lambda: self.host.queue.send("Heartbeat", {})))
             case _:
@@ -527,15 +527,12 @@ class Ocpp16Adapter:
         with contextlib.suppress(Exception):
             await send()
 
-    async def _renew_certificate(self) -> None:
-        await asyncio.sleep(0.05)
-        try:
-            status = await certificates.send_signing_request(
-                self.host, self.configuration.value("CpoName"))
-        except Exception as exc:  # no answer: the CSMS may trigger it again
-            log.warning("SignCertificate got no answer (%s)", exc)
-            return
-        log.info("SignCertificate: the CSMS answered %s", status)
+    async def _renew(self, why: str) -> None:
+        self.host.renew_certificate(why)
+
+    async def request_certificate(self) -> str:
+        return await certificates.send_signing_request(
+            self.host, self.configuration.value("CpoName"))
 
     def _new_password(self, new: bytes, previous: bytes | None) -> None:
         """Used from the next connection on; should the CSMS refuse it, the previous one is

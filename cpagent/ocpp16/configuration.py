@@ -108,6 +108,9 @@ KEYS: dict[str, Key] = {
         Key("AdditionalRootCertificateCheck", "bool", "false", readonly=True),
         Key("AuthorizationKey", "key", shared="basic_auth_key", write_only=True),
         Key("CertificateStoreMaxLength", "int", str(MAX_CERTIFICATES), readonly=True),
+        Key("CertSigningRepeatTimes", "int", maximum=100, shared="cert_signing_repeat_times"),
+        Key("CertSigningWaitMinimum", "int", minimum=1, maximum=86400,
+            shared="cert_signing_wait_minimum"),
         # The organization in the charger's certificate signing requests (whitepaper 1.4).
         Key("CpoName", "text", "", maximum=50),
         Key("ClockAlignedDataInterval", "int", maximum=86400, shared="aligned_interval"),

@@ -831,7 +831,8 @@ class Ocpp201Adapter:
                 self._spawn(self._later(lambda: self.host.submit(
                     lambda core, now: core.trigger_meter_values(evse_ids, now))))
             case "SignChargingStationCertificate":
-                self._spawn(self._renew_certificate())
+                self._spawn(self._later(lambda: self.host.renew_certificate(
+                    "the CSMS asked")))
             case "TransactionEvent":
                 running = await self.host.ask(lambda core, now: [
                     t.evse_id for t in core.transactions()
@@ -850,15 +851,9 @@ class Ocpp201Adapter:
         if self.is_online or self.registration is not None:
             fn()
 
-    async def _renew_certificate(self) -> None:
-        await asyncio.sleep(TRIGGER_DELAY)
-        organization = self.model.text("SecurityCtrlr", "OrganizationName")
-        try:
-            status = await certificates.send_signing_request(self.host, organization)
-        except Exception as exc:  # no answer: the CSMS may trigger it again
-            log.warning("SignCertificate got no answer (%s)", exc)
-            return
-        log.info("SignCertificate: the CSMS answered %s", status)
+    async def request_certificate(self) -> str:
+        return await certificates.send_signing_request(
+            self.host, self.model.text("SecurityCtrlr", "OrganizationName"))
 
     async def _triggered_boot(self) -> None:
         await asyncio.sleep(TRIGGER_DELAY)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from cpagent import __version__
+from cpagent.settings import password_problem
 from hal.factory import DRIVERS as HAL_DRIVERS
 
 __all__ = [
@@ -193,9 +194,13 @@ def _path(v: Any) -> Path:
 
 
 def _password(v: Any) -> str:
-    if isinstance(v, str) and v:
-        return v
-    raise _Bad("must be a non-empty string")
+    if not isinstance(v, str) or not v:
+        raise _Bad("must be a non-empty string")
+    problem = password_problem(v)
+    if problem is not None:
+        raise _Bad(f"{problem}: OCPP basic-auth passwords are 16 to 40 printable ASCII "
+                   "characters")
+    return v
 
 
 def _identity(v: Any) -> str:

@@ -46,6 +46,17 @@ DEFAULTS: dict[str, str] = {
 SECRETS = frozenset({"basic_auth_key"})
 
 
+def password_problem(text: str) -> str | None:
+    """What breaks the password rules OCPP gives for HTTP basic auth (2.0.1 BasicAuthPassword,
+    the 1.6 whitepaper's passwords): 16 to 40 printable ASCII characters, no spaces. The user
+    name is always the charge point identity."""
+    if not 16 <= len(text) <= 40:
+        return f"takes 16 to 40 characters (got {len(text)})"
+    if not (text.isascii() and text.isprintable()) or " " in text:
+        return "takes printable ASCII characters without spaces"
+    return None
+
+
 def password_key(text: str) -> str:
     """The stored form of a password given as text."""
     return text.encode("utf-8").hex()

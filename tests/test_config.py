@@ -103,7 +103,7 @@ def test_example_commented_values_are_valid(tmp_path):
     config = load_config(write(tmp_path, uncommented))
     assert config.csms.ca_file == tmp_path / "ca.pem"
     assert config.csms.client_key == tmp_path / "charger.key"
-    assert config.csms.password == "change-me"
+    assert config.csms.password == "change-me-to-16-or-more"
     assert config.charge_point.serial == "SN-0001"
 
 
@@ -137,7 +137,7 @@ def test_boundary_values_and_normalisation(tmp_path):
     config = load_with(
         tmp_path,
         csms={"call_timeout": "5", "reconnect_initial": "2", "reconnect_max": "2",
-              "ping_interval": "0", "password": '"secret"'},
+              "ping_interval": "0", "password": '"secret-of-16-chars"'},
         station={"connectors": "8", "max_current": "6", "phases": "1", "free_vend": "true"},
         logging={"level": '"debug"'},
     )
@@ -145,7 +145,7 @@ def test_boundary_values_and_normalisation(tmp_path):
     assert type(config.csms.call_timeout) is float  # int accepted where a float is expected
     assert config.csms.reconnect_max == config.csms.reconnect_initial == 2.0
     assert config.csms.ping_interval == 0
-    assert config.csms.password == "secret"
+    assert config.csms.password == "secret-of-16-chars"
     assert "secret" not in repr(config)
     assert (config.station.connectors, config.station.max_current) == (8, 6.0)
     assert (config.station.phases, config.station.free_vend) == (1, True)
@@ -233,6 +233,8 @@ BAD_VALUES = [
     ("csms", "ocpp_version", '"1.5"', "must be one of '1.6'"),
     ("csms", "ocpp_version", "1.6", "must be one of '1.6'"),
     ("csms", "password", '""', "non-empty string"),
+    ("csms", "password", '"hunter2"', "16 to 40 characters (got 7)"),
+    ("csms", "password", '"sixteen chars here"', "without spaces"),
     ("csms", "ca_file", "3", "path string"),
     ("csms", "call_timeout", "0", "number from 1 to 300"),
     ("csms", "call_timeout", "301", "number from 1 to 300"),
@@ -419,7 +421,8 @@ def test_demo_config_rejects_bad_url(tmp_path):
 
 
 def test_check_main_ok(tmp_path, capsys):
-    path = write(tmp_path, text_with(csms={"password": '"hunter2"'}, station={"connectors": "2"}))
+    path = write(tmp_path, text_with(csms={"password": '"hunter2-hunter2-hunter2"'},
+                                     station={"connectors": "2"}))
     assert check_main(str(path)) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0] == f"{path}: OK"

@@ -174,8 +174,8 @@ async def test_profile_2_boots_and_charges(version, tls, tmp_path):
 @pytest.mark.parametrize("version", VERSIONS)
 async def test_profile_2_with_the_wrong_password_is_refused(version, tls, tmp_path):
     async with csms_for(version, tls, profile=2) as csms:
-        async with run_agent(csms, tmp_path / "agent", version,
-                             ca_file=str(tls.csms_root), password="not-it") as charger:
+        async with run_agent(csms, tmp_path / "agent", version, ca_file=str(tls.csms_root),
+                             password="not-the-password-0001") as charger:
             error = await last_error(charger)
             assert "HTTP 401" in error and "csms.password" in error, error
             assert csms.calls() == []

@@ -83,7 +83,7 @@ from cpagent.records import (
 )
 from cpagent.rpc import ConnectionLost, RpcError
 from cpagent.security_events import SecurityEvent, notification
-from cpagent.settings import password_bytes, password_key
+from cpagent.settings import password_bytes, password_key, password_problem
 from hal.interfaces import Fault
 
 log = logging.getLogger(__name__)
@@ -642,10 +642,8 @@ class Ocpp201Adapter:
 
     def _check_value(self, address: Address, value: str) -> None:
         name = address.variable.name
-        if name == "BasicAuthPassword" and not (
-                16 <= len(value) <= 40 and value.isascii() and value.isprintable()
-                and " " not in value):
-            raise InvalidValue("takes 16 to 40 printable ASCII characters, no spaces")
+        if name == "BasicAuthPassword" and (problem := password_problem(value)) is not None:
+            raise InvalidValue(problem)
         if name in ("TxStartPoint", "TxStopPoint") and not value:
             raise InvalidValue("needs at least one point")
         if name == "NetworkConfigurationPriority":

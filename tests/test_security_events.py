@@ -236,3 +236,37 @@ async def test_a_refused_tls_server_is_told_to_the_csms_reached_next(open_peer, 
         assert "TLS to 127.0.0.1" in event["techInfo"]
     finally:
         await charger.stop()
+
+
+async def test_the_time_taken_from_the_csms_is_told(open_peer, tmp_path):
+    """A charger without a synchronised clock takes the CSMS's currentTime: SettingSystemTime."""
+    charger = RunningAgent(make_config(tmp_path / "agent", open_peer.url, csms={
+        "ocpp_version": open_peer.version}), Clock("csms"))
+    await charger.start()
+    try:
+        [event] = await _events(open_peer, "SettingSystemTime")
+        assert "time taken from the CSMS" in event["techInfo"]
+    finally:
+        await charger.stop()
+
+
+async def test_a_refused_certificate_signed_is_told(open_peer, tmp_path):
+    version = open_peer.version
+    charger = await _running(open_peer, tmp_path)
+    try:
+        action, payload = ({"1.6": ("ExtendedTriggerMessage",
+                                    {"requestedMessage": "SignChargePointCertificate"}),
+                            "2.0.1": ("TriggerMessage",
+                                      {"requestedMessage": "SignChargingStationCertificate"})}
+                           [version])
+        assert (await open_peer.call(CP, action, payload))["status"] == "Accepted"
+        await open_peer.wait_for_call("SignCertificate")
+        stranger = pki.leaf(pki.root("Nobody"), CP)  # not for the key the charger made
+        assert (await open_peer.call(CP, "CertificateSigned", {
+            "certificateChain": stranger.pem}))["status"] == "Rejected"
+        kind = {"1.6": "InvalidChargePointCertificate",
+                "2.0.1": "InvalidChargingStationCertificate"}[version]
+        [event] = await _events(open_peer, kind)
+        assert "not for the key requested" in event["techInfo"]
+    finally:
+        await charger.stop()

@@ -29,6 +29,7 @@ import warnings
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import websockets
@@ -140,7 +141,10 @@ def tls_problem(exc: ssl.SSLError, url: str) -> tuple[str, SecurityEvent | None]
         return (f"TLS to {where}: no cipher suite in common with the CSMS (the charger "
                 "offers the AES-GCM suites OCPP names); the CSMS's TLS settings must allow "
                 "one of them"), SecurityEvent.INVALID_TLS_CIPHER_SUITE
-    if "CERTIFICATE_REQUIRED" in reason or "UNKNOWN_CA" in reason or \
+    if "CERTIFICATE_REQUIRED" in reason:  # the alert says so: no certificate was shown
+        return (f"TLS to {where}: the CSMS requires a client certificate (security profile "
+                "3) and the charger has none: set csms.client_cert and csms.client_key"), None
+    if "UNKNOWN_CA" in reason or \
             "BAD_CERTIFICATE" in reason or "CERTIFICATE_UNKNOWN" in reason:
         return (f"TLS to {where}: the CSMS refused the charger's client certificate "
                 f"({exc.reason})"), None
@@ -218,6 +222,20 @@ async def cut_handshake(url: str, with_certificate: bool) -> tuple[str, Security
     return (f"TLS to {where}: the CSMS ended the handshake; if it requires a client "
             "certificate (security profile 3), this is how it refuses a charger without one, "
             "and this charger has none: set csms.client_cert and csms.client_key"), None
+
+
+class _AlertKeepingConnection(ClientConnection):
+    """In TLS 1.3 the server judges the client certificate after the handshake, and its alert
+    (certificate required, unknown CA) arrives as the connection's error while websockets
+    reports only an end of stream: raise the alert instead, which says what to fix."""
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            await super().handshake(*args, **kwargs)
+        except websockets.InvalidMessage as exc:
+            if isinstance(self.connection_exc, ssl.SSLError):
+                raise self.connection_exc from exc
+            raise
 
 
 class Transport:
@@ -375,6 +393,7 @@ class Transport:
                     max_size=self.settings.max_frame_bytes,
                     compression="deflate" if self.settings.compression else None,
                     user_agent_header=None,
+                    create_connection=_AlertKeepingConnection,
                 ) as connection:
                     agreed = connection.subprotocol
                     connected = True

@@ -1149,9 +1149,11 @@ class _Link:
         transport = self._agent.transport
         endpoint = transport.endpoint
         # Told as it is: without a password a plain ws:// link has no profile at all, and a
-        # wss:// one is profile 3 only when the charger shows a client certificate.
+        # wss:// one is profile 3 only when the charger shows a client certificate and the
+        # endpoint is not one of profile 2 (where the password is the credential).
         if endpoint.url.startswith("wss://"):
-            profile = 3 if transport.client_credentials() is not None else 2
+            shows = transport.client_credentials() is not None
+            profile = 3 if shows and endpoint.security_profile != 2 else 2
         else:
             profile = 1 if endpoint.password else 0
         return LinkInfo(endpoint.url, transport.state, transport.version, profile,

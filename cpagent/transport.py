@@ -356,6 +356,20 @@ class Transport:
             self._security_told.add(event)
             self.on_security_problem(event, info)
 
+    async def _tls_failed(self, url: str, exc: ssl.SSLError | None) -> SecurityEvent | None:
+        """Why TLS failed (`exc`, or a handshake the server cut short without a word), into
+        last_error and the log, with its security event; a bare handshake_failure alert is
+        as mute as a reset, so both are probed."""
+        if exc is None or "HANDSHAKE_FAILURE" in (exc.reason or "").upper():
+            self.last_error, event = await cut_handshake(
+                url, self.client_credentials() is not None)
+        else:
+            self.last_error, event = tls_problem(exc, url)
+        log.error("%s", self.last_error)
+        if event is not None:
+            self._security(event, self.last_error)
+        return event
+
     def peer_certificate(self) -> bytes | None:
         """The CSMS's certificate (DER) on the link as it is, when it is TLS."""
         connection = self._connection
@@ -428,26 +442,14 @@ class Transport:
                     self._security(SecurityEvent.FAILED_TO_AUTHENTICATE_AT_CSMS,
                                    self.last_error)
             except ssl.SSLError as exc:
-                self.last_error, event = tls_problem(exc, endpoint.url)
-                if "HANDSHAKE_FAILURE" in (exc.reason or "").upper():
-                    self.last_error, event = await cut_handshake(
-                        endpoint.url, self.client_credentials() is not None)
-                log.error("%s", self.last_error)
-                if event is not None:
-                    self._security(event, self.last_error)
+                await self._tls_failed(endpoint.url, exc)
                 if self.identity is not None:
                     self.identity.refused()
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 tls = _tls_cause(exc)
                 if tls is not None:
-                    self.last_error, event = tls_problem(tls, endpoint.url)
-                    if "HANDSHAKE_FAILURE" in (tls.reason or "").upper():
-                        self.last_error, event = await cut_handshake(
-                            endpoint.url, self.client_credentials() is not None)
-                    log.error("%s", self.last_error)
-                    if event is not None:
-                        self._security(event, self.last_error)
+                    await self._tls_failed(endpoint.url, tls)
                 elif isinstance(exc, websockets.InvalidMessage) and isinstance(
                         exc.__cause__, EOFError):
                     # In TLS 1.3 the server judges the client certificate after the
@@ -472,12 +474,8 @@ class Transport:
                         exc, ConnectionResetError | ssl.SSLEOFError | EOFError):
                     # A server that cuts the handshake short says nothing, which would
                     # otherwise read "ConnectionResetError": find out why.
-                    self.last_error, event = await cut_handshake(
-                        endpoint.url, self.client_credentials() is not None)
-                    log.error("%s", self.last_error)
-                    if event is not None:
-                        self._security(event, self.last_error)
-                    elif self.identity is not None:
+                    event = await self._tls_failed(endpoint.url, None)
+                    if event is None and self.identity is not None:
                         self.identity.refused()
                 log.warning("CSMS link failed: %s", self.last_error)
             except Exception as exc:  # never let the link die for good

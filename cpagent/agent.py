@@ -747,9 +747,13 @@ class Agent:
     async def adopt_endpoint(self, endpoint: Endpoint) -> None:
         if endpoint.security_profile <= self.transport.base.security_profile:
             return
-        await self.store.put_state("raised_profile", {
-            "profile": endpoint.security_profile, "url": endpoint.url,
-            "from": self.config.csms.endpoint_url})
+        try:
+            await self.store.put_state("raised_profile", {
+                "profile": endpoint.security_profile, "url": endpoint.url,
+                "from": self.config.csms.endpoint_url})
+        except Exception as exc:  # storage trouble must not end the session that proved it
+            log.error("the raised security profile is used but could not be kept for the "
+                      "next start (%s)", exc)
         self.transport.base = Endpoint(
             endpoint.url, endpoint.password, endpoint.security_profile,
             f"security profile {endpoint.security_profile} set by the CSMS")

@@ -26,15 +26,20 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cpagent import __version__
-from cpagent.clock import PLAUSIBLE_FLOOR, Clock, format_time, parse_time
+from cpagent.clock import PLAUSIBLE_FLOOR, Clock, format_time, parse_time, system_time_zone
 from cpagent.config import Config
 from cpagent.control import ControlServer
 from cpagent.core.actions import (
     Action,
     AuthCacheUpdated,
     AvailabilityChanged,
+    ChargingLimitChanged,
+    ChargingProfilesChanged,
+    CurrentOverrun,
     MeterValuesReport,
     RequestAuthorization,
+    ReservationEnded,
+    ReservationsChanged,
     ResetEvse,
     ResetNow,
     SetContactor,
@@ -54,6 +59,8 @@ from cpagent.core.model import (
     TokenType,
     Transaction,
 )
+from cpagent.core.reservations import reservation_of, reservation_record
+from cpagent.core.schedules import ChargingProfile
 from cpagent.core.station import ChargingStation
 from cpagent.host import (
     BootReason,
@@ -69,7 +76,13 @@ from cpagent.lanes import DEVICE_TIMEOUT, PowerLanes
 from cpagent.outbox import Outbox
 from cpagent.protocols import PREFERRED, SUBPROTOCOLS, adapter_for
 from cpagent.recorder import Recorder, StartRefused
-from cpagent.records import SECURITY_EVENT, OutboxEntry, TransactionRow
+from cpagent.records import (
+    SECURITY_EVENT,
+    OutboxEntry,
+    TransactionRow,
+    profile_from_json,
+    profile_to_json,
+)
 from cpagent.renewal import CertificateRenewal
 from cpagent.security_events import SecurityEvent, SecurityLog, event_record
 from cpagent.session import BootGate, OcppSession, SessionServices
@@ -294,11 +307,27 @@ class Agent:
                         token, info, self.clock.now())
                 case AvailabilityChanged(evse_id=e, connector_id=c, operative=operative):
                     await self.store.put_state(f"availability.{e}.{c}", operative)
+                case ReservationsChanged(reservations=reservations):
+                    # Kept across restarts as the CSMS was told: Accepted means kept.
+                    await self.store.put_state(
+                        "reservations", [reservation_record(r) for r in reservations])
+                case ChargingProfilesChanged(profiles=profiles):
+                    # Written before the CSMS hears Accepted: a profile it was told is
+                    # installed survives a power cut.
+                    await self.store.put_state("charging_profiles",
+                                               [profile_to_json(p) for p in profiles])
+                case CurrentOverrun(evse_id=e, info=info):
+                    log.warning("EVSE %d: %s; the limit is not kept", e, info)
+                case ChargingLimitChanged(evse_id=e, amps=amps, source=source):
+                    log.info("EVSE %d: %.1f A, set by the %s limit", e, amps, source.value)
+                    if self.active_version:
+                        await self.adapter.handle(action)
                 case ResetNow(hard=hard):
                     self._spawn(self._finish_reset(hard))
                 case ResetEvse(evse_id=e):
                     self._spawn(self._reset_evse(e))
-                case StatusChanged() | RequestAuthorization() | MeterValuesReport():
+                case StatusChanged() | RequestAuthorization() | MeterValuesReport() | \
+                        ReservationEnded():
                     if self.active_version:
                         await self.adapter.handle(action)
         except Exception:
@@ -717,16 +746,33 @@ class Agent:
         station = self.config.station
         settings = CoreSettings(
             max_current=station.max_current,
+            voltage=station.voltage,
+            phases=station.phases,
+            site_limit=station.site_limit,
+            time_zone=station.time_zone or system_time_zone(),
             free_vend_token=IdToken(station.free_vend_id_tag, TokenType.NO_AUTHORIZATION)
             if station.free_vend else None,
         )
         self._core = ChargingStation(
             station.connectors, settings, new_ref=lambda: str(uuid.uuid4()),
             operative=operative, auth_cache=[token_of(r) for r in await store.auth_cache()],
-            local_list=[token_of(r) for r in listed])
+            local_list=[token_of(r) for r in listed],
+            profiles=await self._stored_profiles(),
+            reservations=[r for d in await store.state("reservations") or []
+                          if (r := reservation_of(d)) is not None])
         self.apply_settings()
         if self.clock.trusted:
             self._core.clock_synchronised(self.clock.now())
+
+    async def _stored_profiles(self) -> list[ChargingProfile]:
+        profiles = []
+        for d in await self.store.state("charging_profiles") or []:
+            try:
+                profiles.append(profile_from_json(d))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("a stored charging profile is unreadable and is not applied: %s",
+                          exc)
+        return profiles
 
     async def _base_endpoint(self, url: str, password: bytes | None) -> Endpoint:
         """The configured endpoint, or the one a security profile raised over OCPP made of
@@ -939,6 +985,7 @@ class Agent:
                 "contactor_applied": self.lanes.contactor[evse.id].applied
                 if evse.id in self.lanes.contactor else None,
                 "offered_amps": evse.offered_amps,
+                "limited_by": evse.limit_source.value,
                 "energy_wh": evse.reading.energy_wh if evse.reading else None,
                 "meter_stale": evse.id in self.meter_stale,
                 "operative": evse.operative and core.station.operative,
@@ -973,6 +1020,8 @@ class Agent:
             "boot_reason": self.boot_reason.value,
             "clock_trusted": self.clock.trusted,
             "connectors": evses,
+            "charging_profiles": len(core.profiles),
+            "site_limit_amps": core.settings.site_limit,
             "queue": {"durable": self.outbox.depth,
                       "volatile": self.outbox.volatile_depth,
                       "dead_letters": self.outbox.dead_letters,
@@ -1080,6 +1129,9 @@ class _Host:
 
     def security_event(self, event: SecurityEvent, info: str) -> None:
         self._agent.security_event(event, info)
+
+    async def take_time(self, text: Any) -> None:
+        await self._agent._take_time(text)
 
     def renew_certificate(self, why: str) -> None:
         self._agent.renewal.renew(why)

@@ -177,7 +177,12 @@ def _status(args: argparse.Namespace) -> int:
         tx = c["transaction"]
         if tx:
             line += f"  session {tx['transaction_id'] or 'pending'} for {tx['id_tag']}"
+            line += f", offered {c['offered_amps']:g} A (limited by {c['limited_by']})"
         print(line)
+    if answer.get("charging_profiles") or answer.get("site_limit_amps"):
+        site = answer.get("site_limit_amps")
+        print(f"  limits {answer.get('charging_profiles', 0)} charging profile(s)"
+              + (f", site limit {site:g} A shared by the connectors" if site else ""))
     queue = answer["queue"]
     print(f"  queue  {queue['durable']} transaction message(s) waiting"
           + (f", {queue['dead_letters']} refused for good (cpagent queue dead-letters)"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cpagent import __version__
 from cpagent.settings import password_problem
@@ -102,6 +103,9 @@ class StationSettings:
     control_socket: Path
     time_source: str
     max_data_mb: int
+    voltage: float = 230.0  # phase to neutral
+    site_limit: float | None = None  # amps per phase for all EVSEs together
+    time_zone: str = ""  # IANA name; "": the system's
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,19 @@ def _bool(v: Any) -> bool:
     if type(v) is bool:
         return v
     raise _Bad("must be true or false")
+
+
+def _time_zone(v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Bad("must be a time zone name such as \"Europe/Berlin\", or \"\" for the "
+                   "system's")
+    if v:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise _Bad(f"{v!r} is not a time zone this system knows (such as "
+                       "\"Europe/Berlin\"; see /usr/share/zoneinfo)") from None
+    return v
 
 
 def _path(v: Any) -> Path:
@@ -291,6 +308,9 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "control_socket": (_path, None),  # None: data_dir / "control.sock"
         "time_source": (_choice("auto", "system", "csms"), "auto"),
         "max_data_mb": (_int(8, 65536), 512),
+        "voltage": (_num(100, 277), 230.0),
+        "site_limit": (_num(6, 2000), None),
+        "time_zone": (_time_zone, ""),
     },
     "logging": {
         "level": (_choice("DEBUG", "INFO", "WARNING", "ERROR", upper=True), "INFO"),

@@ -340,6 +340,22 @@ class _CsmsChargePoint201(v201.ChargePoint):
     def on_log_status(self, **_: Any) -> result201.LogStatusNotification:
         return result201.LogStatusNotification()
 
+    @on(Action201.reservation_status_update)
+    def on_reservation_status_update(self, **_: Any) -> result201.ReservationStatusUpdate:
+        return result201.ReservationStatusUpdate()
+
+    @on(Action201.notify_charging_limit)
+    def on_notify_charging_limit(self, **_: Any) -> result201.NotifyChargingLimit:
+        return result201.NotifyChargingLimit()
+
+    @on(Action201.cleared_charging_limit)
+    def on_cleared_charging_limit(self, **_: Any) -> result201.ClearedChargingLimit:
+        return result201.ClearedChargingLimit()
+
+    @on(Action201.report_charging_profiles)
+    def on_report_charging_profiles(self, **_: Any) -> result201.ReportChargingProfiles:
+        return result201.ReportChargingProfiles()
+
 
 class DevCsms:
     """An OCPP 1.6J central system for one test or demo run.

@@ -268,6 +268,11 @@ class AdapterHost(Protocol):
         """Into the security log, and durably to the CSMS."""
         ...
 
+    async def take_time(self, text: Any) -> None:
+        """A currentTime the CSMS sent in an answer the adapter asked for itself (a triggered
+        Heartbeat or BootNotification), taken as the session takes its own."""
+        ...
+
 
 class ProtocolAdapter(Protocol):
     """One OCPP version: its vocabulary, messages and settings."""

@@ -19,6 +19,15 @@ from cpagent.core.model import (
     TokenType,
     Trigger,
 )
+from cpagent.core.schedules import (
+    ChargingProfile,
+    Period,
+    ProfileKind,
+    ProfilePurpose,
+    RateUnit,
+    Recurrence,
+    Schedule,
+)
 from hal.interfaces import Fault, MeterReading
 
 TRANSACTION_EVENT = "transaction_event"
@@ -136,3 +145,32 @@ def shifted(e: TransactionEvent, seconds: float) -> TransactionEvent:
     return replace(
         e, timestamp=e.timestamp + seconds, started_at=e.started_at + seconds,
         samples=tuple(replace(s, timestamp=s.timestamp + seconds) for s in e.samples))
+
+
+# ---- charging profiles (kept by the shell for the core, across restarts) ---------------------
+
+def profile_to_json(p: ChargingProfile) -> dict[str, Any]:
+    s = p.schedule
+    return {
+        "id": p.id, "stack_level": p.stack_level, "purpose": p.purpose.value,
+        "kind": p.kind.value, "evse_id": p.evse_id,
+        "recurrence": p.recurrence.value if p.recurrence else None,
+        "valid_from": p.valid_from, "valid_to": p.valid_to, "transaction": p.transaction,
+        "schedule": {
+            "unit": s.unit.value, "start": s.start, "duration": s.duration,
+            "min_rate": s.min_rate, "id": s.id,
+            "periods": [[q.start, q.limit, q.phases] for q in s.periods],
+        },
+    }
+
+
+def profile_from_json(d: dict[str, Any]) -> ChargingProfile:
+    s = d["schedule"]
+    return ChargingProfile(
+        id=d["id"], stack_level=d["stack_level"], purpose=ProfilePurpose(d["purpose"]),
+        kind=ProfileKind(d["kind"]),
+        schedule=Schedule(RateUnit(s["unit"]), tuple(Period(*q) for q in s["periods"]),
+                          s["start"], s["duration"], s["min_rate"], s["id"]),
+        evse_id=d["evse_id"],
+        recurrence=Recurrence(d["recurrence"]) if d["recurrence"] else None,
+        valid_from=d["valid_from"], valid_to=d["valid_to"], transaction=d["transaction"])

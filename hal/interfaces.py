@@ -38,6 +38,7 @@ class Fault(StrEnum):
 
     GROUND_FAILURE = "ground_failure"
     OVER_CURRENT = "over_current"
+    EV_OVER_CURRENT = "ev_over_current"  # the vehicle draws more than the pilot offers
     OVER_VOLTAGE = "over_voltage"
     UNDER_VOLTAGE = "under_voltage"
     HIGH_TEMPERATURE = "high_temperature"
@@ -63,8 +64,10 @@ class Fault(StrEnum):
 
     @property
     def blocks_charging(self) -> bool:
-        """A reader or meter problem is reported but does not make charging unsafe."""
-        return self not in (Fault.READER_FAILURE, Fault.POWER_METER_FAILURE)
+        """A reader or meter problem, or a vehicle over its offer (the breaker guards against
+        real overcurrent), is reported but does not make charging unsafe."""
+        return self not in (Fault.READER_FAILURE, Fault.POWER_METER_FAILURE,
+                            Fault.EV_OVER_CURRENT)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1110,7 +1110,8 @@ def test_meter_start_and_stop_with_begin_and_end_samples():
     assert stop.meter_stop_wh == 6500.5
     assert stop.samples == (
         Sample(T0, ReadingContext.TRANSACTION_BEGIN, reading_start),
-        Sample(T0 + 1800, ReadingContext.TRANSACTION_END, reading_end),
+        # What the session was offered up to its end, not the zero the stop sets.
+        Sample(T0 + 1800, ReadingContext.TRANSACTION_END, reading_end, offered_amps=32.0),
     )
 
 

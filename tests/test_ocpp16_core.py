@@ -923,7 +923,8 @@ async def test_get_configuration_all_keys(csms, start_agent):
     for key, readonly in REQUIRED_CORE_KEYS.items():
         assert entries[key]["readonly"] is readonly, key
     assert entries["NumberOfConnectors"]["value"] == "2"
-    assert entries["SupportedFeatureProfiles"]["value"] == "Core,LocalAuthListManagement"
+    assert {"Core", "LocalAuthListManagement", "RemoteTrigger", "Reservation"} <= set(
+        entries["SupportedFeatureProfiles"]["value"].split(","))
     assert entries["HeartbeatInterval"]["value"] == "300"
     assert entries["MeterValueSampleInterval"]["value"] == "60"
     assert entries["AuthorizeRemoteTxRequests"]["value"] == "true"
@@ -1021,8 +1022,7 @@ async def test_unknown_and_unsupported_actions(csms, start_agent):
     answer = await raw_call(csms, "foo-1", '[2,"foo-1","FooBar",{}]')
     assert (answer.kind, answer.payload["errorCode"]) == ("error", "NotImplemented")
     with pytest.raises(CsmsCallError) as info:
-        await csms.call(CP, "ReserveNow", {"connectorId": 1, "expiryDate": "2030-01-01T00:00:00Z",
-                                           "idTag": "R1", "reservationId": 7})
+        await csms.call(CP, "GetDiagnostics", {"location": "ftp://example.com/diagnostics"})
     assert info.value.code == "NotSupported"
     await cp.settle()
     assert await cp.status(1) == "Available"
@@ -1116,11 +1116,14 @@ async def test_configuration_keys_are_case_insensitive(csms, start_agent):
     assert cp.agent.core.settings.connection_timeout == 46.0
 
 
-async def test_remote_start_with_a_charging_profile_is_not_accepted_and_dropped(csms,
-                                                                                start_agent):
+async def test_remote_start_with_a_default_profile_is_not_accepted_and_dropped(csms,
+                                                                               start_agent):
+    """1.6 5.11: the profile a RemoteStartTransaction carries is a TxProfile; any other is
+    refused rather than accepted and then ignored."""
     cp = await start_agent()
     await booted(csms)
-    profile = {"chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
+    profile = {"chargingProfileId": 1, "stackLevel": 0,
+               "chargingProfilePurpose": "TxDefaultProfile",
                "chargingProfileKind": "Relative",
                "chargingSchedule": {"chargingRateUnit": "A",
                                     "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6}]}}

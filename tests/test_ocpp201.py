@@ -222,6 +222,8 @@ WRITABLE = [
     ("AlignedDataCtrlr", "TxEndedMeasurands", "Voltage", "Voltage,Voltage"),
     ("AlignedDataCtrlr", "TxEndedInterval", "900", "x"),
     ("ClockCtrlr", "TimeSource", "Heartbeat", "GPS"),
+    ("ReservationCtrlr", "Enabled", "false", "x"),
+    ("ReservationCtrlr", "NonEvseSpecific", "false", "off"),
 ]
 
 
@@ -305,8 +307,9 @@ async def test_full_inventory_in_parts(csms, start):
     secret = next(d for d in data if d["variable"]["name"] == "BasicAuthPassword")
     assert "value" not in secret["variableAttribute"][0]
     assert secret["variableAttribute"][0]["mutability"] == "WriteOnly"
-    reservation = [d for d in data if d["component"]["name"] == "ReservationCtrlr"]
-    assert {d["variableAttribute"][0]["value"] for d in reservation} == {"false"}
+    reservation = {d["variable"]["name"]: d["variableAttribute"][0]["value"] for d in data
+                   if d["component"]["name"] == "ReservationCtrlr"}
+    assert reservation == {"Available": "true", "Enabled": "true", "NonEvseSpecific": "true"}
 
 
 async def test_configuration_and_summary_inventories(csms, start):
@@ -524,12 +527,16 @@ async def test_request_start_and_stop(csms, start):
             ended.payload["triggerReason"]) == ("Remote", "RemoteStop")
     answer = await csms.call(CP, "RequestStartTransaction", {
         "idToken": {"idToken": "APP-43", "type": "Central"}, "remoteStartId": 43,
-        "chargingProfile": {"id": 1, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
+        # F01.FR.08: only a TxProfile may come with a start; a default one is refused
+        # rather than accepted and then ignored.
+        "chargingProfile": {"id": 1, "stackLevel": 0,
+                            "chargingProfilePurpose": "TxDefaultProfile",
                             "chargingProfileKind": "Relative", "chargingSchedule": [{
                                 "id": 1, "chargingRateUnit": "A",
                                 "chargingSchedulePeriod": [{"startPeriod": 0,
                                                             "limit": 6}]}]}})
-    assert answer["status"] == "Rejected"  # never accepted and then ignored
+    assert answer["status"] == "Rejected"
+    assert answer["statusInfo"]["reasonCode"] == "InvalidProfile"
 
 
 async def test_request_start_on_a_cable_transaction_returns_its_id(csms, start):

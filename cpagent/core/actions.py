@@ -9,15 +9,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from cpagent.core.limits import LimitSource
 from cpagent.core.model import (
     AuthInfo,
     ChargingState,
     ConnectorStatus,
     IdToken,
+    Reservation,
+    ReservationEnd,
     Sample,
     StopReason,
     Trigger,
 )
+from cpagent.core.schedules import ChargingProfile
 from hal.interfaces import Fault
 
 
@@ -25,6 +29,31 @@ from hal.interfaces import Fault
 class SetCurrentLimit:
     evse_id: int
     amps: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingLimitChanged:
+    """What limits an EVSE's session changed (the site limit took over, a profile did...)."""
+
+    evse_id: int
+    amps: float
+    source: LimitSource
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingProfilesChanged:
+    """To persist: every installed charging profile, as they are now."""
+
+    profiles: tuple[ChargingProfile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentOverrun:
+    """The vehicle keeps drawing more than it is offered: for the log (the CSMS hears of it
+    as a fault in the connector's status)."""
+
+    evse_id: int
+    info: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +155,21 @@ class ResetEvse:
     evse_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReservationEnded:
+    """A reservation is over; the CSMS may have to hear why (2.0.1 ReservationStatusUpdate)."""
+
+    reservation_id: int
+    reason: ReservationEnd
+
+
+@dataclass(frozen=True, slots=True)
+class ReservationsChanged:
+    """To persist: every open reservation, as they are now."""
+
+    reservations: tuple[Reservation, ...]
+
+
 Action = (
     SetCurrentLimit
     | SetContactor
@@ -138,4 +182,9 @@ Action = (
     | UnlockConnector
     | ResetNow
     | ResetEvse
+    | ChargingLimitChanged
+    | ChargingProfilesChanged
+    | CurrentOverrun
+    | ReservationEnded
+    | ReservationsChanged
 )

@@ -8,8 +8,10 @@ when all three are operative.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from cpagent.core.limits import LimitSource
 from cpagent.core.model import (
     ChargingState,
     ConnectorStatus,
@@ -18,6 +20,7 @@ from cpagent.core.model import (
     Sample,
     Transaction,
 )
+from cpagent.core.schedules import ChargingProfile
 from hal.interfaces import Fault, MeterReading, PilotState
 
 
@@ -31,6 +34,8 @@ class PendingAuth:
     group: IdToken | None = None
     remote: bool = False  # asked for by the CSMS
     remote_start_id: int | None = None
+    profile: ChargingProfile | None = None  # for the transaction it starts (remote start)
+    reservation_id: int | None = None  # the reservation its token claimed at this EVSE
 
 
 class Connector:
@@ -55,6 +60,7 @@ class Evse:
         self.finishing = False
         self.contactor_closed = False
         self.offered_amps = 0.0
+        self.limit_source = LimitSource.HARDWARE  # what set the offer last time
         self.reading: MeterReading | None = None
         self.reading_stale = False  # the meter stopped answering: its last reading is old
         self.reset_pending = False  # an EVSE reset waits for its session to end
@@ -93,6 +99,9 @@ class Station:
         self.clock_trusted = False
         self.reset_pending: bool | None = None  # hard? once a station reset waits
         self.reported: tuple | None = None
+        # Whether an EVSE is kept for a reservation whose driver has not claimed it (the
+        # facade's reservations answer; nothing is reserved until they do).
+        self.kept_for_reservation: Callable[[Evse], bool] = lambda evse: False
 
     def evse(self, evse_id: int) -> Evse:
         try:
@@ -133,9 +142,12 @@ class Station:
         tx = evse.transaction
         in_use = evse.active_connector == connector.id
         if tx is not None and in_use:
-            if tx.stopping is not None or not tx.authorized:
-                # Started on the plug and not authorized yet, or authorized no more.
-                status = (ConnectorStatus.FINISHING if tx.stopping is not None
+            if tx.stopping is not None:
+                status = ConnectorStatus.FINISHING  # authorized no more
+            elif not tx.authorized:
+                # Started on the plug and not authorized yet. On a reserved EVSE that stays
+                # Reserved until the reservation's token comes (2.0.1 G01.FR.09, H03).
+                status = (ConnectorStatus.RESERVED if self.kept_for_reservation(evse)
                           else ConnectorStatus.PREPARING)
             elif evse.contactor_closed:
                 status = ConnectorStatus.CHARGING
@@ -149,6 +161,9 @@ class Station:
             status = ConnectorStatus.UNAVAILABLE  # another connector of the EVSE is in use
         elif evse.finishing:
             status = ConnectorStatus.FINISHING
+        elif self.kept_for_reservation(evse):
+            # A car, or a card that is not the reservation's, does not change that.
+            status = ConnectorStatus.RESERVED
         elif evse.pilot.vehicle_present or evse.pending is not None:
             status = ConnectorStatus.PREPARING
         else:

@@ -173,6 +173,40 @@ class Availability(StrEnum):
     SCHEDULED = "scheduled"
 
 
+class ReserveResult(StrEnum):
+    """The answer to a reservation request."""
+
+    ACCEPTED = "accepted"
+    FAULTED = "faulted"
+    OCCUPIED = "occupied"  # in use, or reserved for another reservation
+    REJECTED = "rejected"  # not possible here: no such EVSE or connector type, or expired
+    UNAVAILABLE = "unavailable"
+
+
+class ReservationEnd(StrEnum):
+    """Why a reservation ended."""
+
+    USED = "used"  # its driver (or the driver's group) took the EVSE
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"  # by the CSMS
+    REMOVED = "removed"  # what it was for became faulted or unavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """An EVSE, or any EVSE of the station, kept for one driver (or group) until `expiry`."""
+
+    id: int
+    expiry: float  # UTC epoch seconds, as the CSMS gave it: not moved by clock corrections
+    token: IdToken
+    group: IdToken | None = None  # 1.6 parentIdTag, 2.0.1 groupIdToken
+    evse_id: int | None = None  # None: any EVSE of the station (1.6 connector 0)
+    connector_type: str | None = None  # what the driver's car needs (2.0.1 connectorType)
+    # The EVSEs that have such a connector, as far as the station knew when it was made;
+    # None: any EVSE will do.
+    fitting_evses: frozenset[int] | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     """A meter reading as taken for a report: when, why, and what the meter said."""
@@ -215,7 +249,12 @@ class Transaction:
 class CoreSettings:
     """The knobs the core obeys; each protocol adapter maps its configuration onto these."""
 
-    max_current: float = 32.0
+    max_current: float = 32.0  # amps per phase the hardware may offer on each EVSE
+    voltage: float = 230.0  # phase to neutral: converts watt limits to amps
+    phases: int = 3  # the phases each EVSE uses (the hardware cannot switch them)
+    site_limit: float | None = None  # amps per phase the supply gives all EVSEs together
+    time_zone: str = "UTC"  # the installer's: where recurring profiles repeat
+    limit_change_significance: float = 0.0  # percent: a smaller change of the offer is not told
     connection_timeout: float = 60.0
     update_interval: float = 60.0  # periodic transaction updates; 0 = none
     history_interval: float = 0.0  # samples kept for the end of a transaction; 0 = none
@@ -237,3 +276,6 @@ class CoreSettings:
     max_energy_on_invalid_id: float | None = None  # Wh a session may still take; None: no limit
     unlock_on_ev_disconnect: bool = True
     free_vend_token: IdToken | None = None
+    # 1.6 ends a reservation when its transaction starts; 2.0.1 (H03.FR.09) as soon as its
+    # token is presented and accepted at the EVSE, even if no transaction follows.
+    reservation_ends_at_start: bool = False

@@ -11,10 +11,12 @@ vehicle is plugged in, close only when it asks for power, and record a start bef
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cpagent.core.actions import (
     Action,
+    ChargingLimitChanged,
+    ChargingProfilesChanged,
     RequestAuthorization,
     ResetEvse,
     ResetNow,
@@ -27,7 +29,7 @@ from cpagent.core.actions import (
 from cpagent.core.authorization import Authorizer
 from cpagent.core.availability import Availabilities
 from cpagent.core.evse import Evse, PendingAuth, Station, charging_state
-from cpagent.core.limits import Limits
+from cpagent.core.limits import Demand, Limits, Offer
 from cpagent.core.model import (
     AuthInfo,
     AuthStatus,
@@ -41,6 +43,7 @@ from cpagent.core.model import (
     Trigger,
     TxPoint,
 )
+from cpagent.core.reservations import Reservations
 from hal.interfaces import Fault
 
 # Stop points a deauthorization ends a transaction at; at EV_CONNECTED alone it waits for
@@ -66,8 +69,11 @@ class Sessions:
         emit: Callable[[Action], None],
         new_ref: Callable[[], str],
         availability: Availabilities,
+        *,
+        reservations: Reservations,
     ) -> None:
         self.availability = availability
+        self.reservations = reservations
         self.station = station
         self.settings = settings
         self.limits = limits
@@ -85,7 +91,7 @@ class Sessions:
         stopped_by: IdToken | None = None, meter_stop_wh: float | None = None,
     ) -> None:
         # As it will be once this step's power decision is carried out.
-        state = charging_state(evse, self.plan(evse)) if kind is not TxEventKind.ENDED else (
+        state = charging_state(evse, self.plan(evse, now)) if kind is not TxEventKind.ENDED else (
             ChargingState.EV_CONNECTED if evse.pilot.vehicle_present else ChargingState.IDLE)
         tx.charging_state = state
         seq, tx.next_seq = tx.next_seq, tx.next_seq + 1
@@ -120,29 +126,67 @@ class Sessions:
         self._set_contactor(evse, False)
         self._set_offer(evse, 0.0)
 
-    def plan(self, evse: Evse) -> tuple[float, bool]:
-        """The offer and contactor position the rules call for now."""
+    def _may_offer(self, evse: Evse) -> bool:
         tx = evse.transaction
         pending = evse.pending
-        blocked = self.station.blocked(evse) or not evse.pilot.vehicle_present
+        if self.station.blocked(evse) or not evse.pilot.vehicle_present:
+            return False
         if tx is not None:
-            may_offer = (tx.authorized and tx.stopping is None and not tx.suspended_by_csms
-                         and not blocked)
-        else:
-            # A session that begins with the first energy: the vehicle must be offered
-            # current before it can ask for it.
-            may_offer = (pending is not None and pending.authorized and not blocked
-                         and self._starts_at_energy())
-        if not may_offer:
+            return tx.authorized and tx.stopping is None and not tx.suspended_by_csms
+        # A session that begins with the first energy: the vehicle must be offered current
+        # before it can ask for it.
+        return pending is not None and pending.authorized and self._starts_at_energy()
+
+    def offers(self, now: float) -> dict[int, Offer]:
+        """What each EVSE that may draw current is offered now, the station's supply shared."""
+        demands = []
+        for evse in self.station.evses.values():
+            if not self._may_offer(evse):
+                continue
+            tx = evse.transaction
+            if tx is not None:
+                demands.append(Demand(evse.id, tx.ref, tx.started_at, tx.started_at))
+            else:
+                assert evse.pending is not None
+                demands.append(Demand(evse.id, None, None, evse.pending.since))
+        return self.limits.allocate(demands, now)
+
+    def plan(self, evse: Evse, now: float,
+             offers: dict[int, Offer] | None = None) -> tuple[float, bool]:
+        """The offer and contactor position the rules call for now."""
+        if not self._may_offer(evse):
             return 0.0, False
-        offer = self.limits.offer(evse.id)
+        offer = (offers if offers is not None else self.offers(now))[evse.id].amps
         return offer, evse.pilot.wants_power and offer > 0
 
     def update_power(self, evse: Evse, now: float) -> None:
         """Offer current only to an authorized session whose vehicle is plugged in, close only
-        when it asks for power; open in every other case."""
-        offer, close = self.plan(evse)
-        if offer <= 0:
+        when it asks for power; open in every other case. Every EVSE is looked at, since a
+        change on one moves the others' shares of the supply."""
+        self.refresh_power(now)
+
+    def refresh_power(self, now: float) -> None:
+        for _ in range(3):  # a session that starts here may bring its own limit (TxProfile)
+            offers = self.offers(now)
+            evses = list(self.station.evses.values())
+            planned = {e.id: self.plan(e, now, offers) for e in evses}
+            # Lowered offers first: the sessions' sum stays within the supply between steps.
+            evses.sort(key=lambda e: planned[e.id][0] >= e.offered_amps)
+            started = False
+            for evse in evses:
+                had = evse.transaction
+                self._apply(evse, now, planned[evse.id], offers.get(evse.id))
+                started = started or (had is None and evse.transaction is not None)
+            if not started:
+                return
+
+    def _apply(self, evse: Evse, now: float, plan: tuple[float, bool],
+               offer: Offer | None) -> None:
+        amps, close = plan
+        if offer is not None and offer.source is not evse.limit_source:
+            evse.limit_source = offer.source
+            self._emit(ChargingLimitChanged(evse.id, offer.amps, offer.source))
+        if amps <= 0:
             self.power_off(evse)
             return
         if close and evse.transaction is None:
@@ -150,8 +194,14 @@ class Sessions:
             if evse.transaction is None:
                 self.power_off(evse)  # the start could not be made (a stale meter)
                 return
-        self._set_offer(evse, offer)
+        before = evse.offered_amps
+        self._set_offer(evse, amps)
         self._set_contactor(evse, close)
+        if evse.transaction is not None and before > 0 and self._significant(before, amps):
+            self.update(evse, Trigger.CHARGING_RATE_CHANGED, now)
+
+    def _significant(self, before: float, after: float) -> bool:
+        return abs(after - before) > before * self.settings.limit_change_significance / 100
 
     # ---- start points ------------------------------------------------------------------------
 
@@ -181,6 +231,7 @@ class Sessions:
             group=pending.group if authorized and pending else None,
             authorized=authorized,
             remote_start_id=pending.remote_start_id if authorized and pending else None,
+            reservation_id=self.reservations.started_with(pending) if authorized else None,
         )
         tx.vehicle_seen = evse.pilot.vehicle_present
         tx.next_update_at = now + self.settings.update_interval
@@ -190,6 +241,9 @@ class Sessions:
             begin = evse.sample(now, ReadingContext.TRANSACTION_BEGIN)
             tx.history.append(begin)
             samples = (begin,)
+        if authorized and pending is not None and pending.profile is not None:
+            self.limits.install(replace(pending.profile, transaction=tx.ref, evse_id=evse.id))
+            self._emit(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
         if authorized:
             evse.pending = None
         evse.finishing = False
@@ -224,15 +278,23 @@ class Sessions:
     def authorized(self, evse: Evse, info: AuthInfo, now: float) -> None:
         pending = evse.pending
         assert pending is not None
+        # Only now is the token's group known, which may be what lets it use a reserved EVSE.
+        allowed, reservation = self.reservations.admit(evse, pending.token, info.group)
+        if not allowed:
+            self.rejected(evse, now)  # the EVSE is kept for another driver's reservation
+            return
         pending.authorized = True
         pending.group = info.group
         pending.since = now  # the connection timeout counts from the authorization
+        if reservation is not None:
+            self.reservations.claim(reservation, pending)
         trigger = Trigger.REMOTE_START if pending.remote else Trigger.AUTHORIZED
         tx = evse.transaction
         if tx is not None and not tx.authorized and tx.stopping is None:
             # The session began with the plug; now it is someone's.
             tx.token, tx.group, tx.authorized = pending.token, pending.group, True
             tx.remote_start_id = pending.remote_start_id
+            tx.reservation_id = self.reservations.started_with(pending)
             evse.pending = None
             self.update(evse, trigger, now, authorized_now=True)
         elif tx is None and self.start_due(evse):
@@ -243,21 +305,31 @@ class Sessions:
         evse.pending = None
         self.update_power(evse, now)
 
-    def pick_evse(self, wanted: int | None) -> Evse | None:
-        """Where a token presented at the station (or for an EVSE) goes."""
+    def pick_evse(self, wanted: int | None, token: IdToken | None = None,
+                  now: float = 0.0) -> Evse | None:
+        """Where a token presented at the station (or for an EVSE) goes: where a car already
+        waits for a card, else an idle EVSE. Reservations narrow that for `token`: an EVSE
+        reserved for it comes before one free for anyone, and one only its group may open
+        (known once its authorization is) after both."""
         evses = self.station.evses
         candidates = [evses[wanted]] if wanted in evses else list(evses.values())
         free = [e for e in candidates if self.station.usable(e) and (
             e.transaction is None or (not e.transaction.authorized
                                       and e.transaction.stopping is None))]
-        # Prefer the EVSE where a car already waits for a card.
+        known = self.auth.known(token, now) if token is not None else None
+        ranked: list[tuple[int, int, Evse]] = []
         for e in free:
             if e.pilot.vehicle_present and e.pending is None:
-                return e
-        for e in free:
-            if e.pending is None and not e.pilot.vehicle_present and not e.finishing:
-                return e
-        return None
+                place = 0  # a car already waits for a card here
+            elif e.pending is None and not e.pilot.vehicle_present and not e.finishing:
+                place = 1
+            else:
+                continue
+            standing = 1 if token is None else self.reservations.prospect(
+                e, token, known.group if known else None, group_known=known is not None)
+            if standing is not None:
+                ranked.append((place, standing, e))
+        return min(ranked, key=lambda r: r[:2])[2] if ranked else None
 
     def token_presented(self, token: IdToken, evse_id: int | None, now: float) -> None:
         # A second tap of the card (or one of its group) ends that card's session.
@@ -283,7 +355,7 @@ class Sessions:
         if any(e.pending is not None and e.pending.token.same_as(token)
                for e in self.station.evses.values()):
             return  # the same card again while we wait for the car: nothing new
-        target = self.pick_evse(evse_id)
+        target = self.pick_evse(evse_id, token, now)
         if target is None:
             if grouped and self.station.online:
                 # Only the CSMS knows whether this card shares a group with a running session.
@@ -365,7 +437,7 @@ class Sessions:
             self.end(evse, reason, trigger, now, by=by)
             return
         tx.stopping = (reason, by)
-        self.power_off(evse)
+        self.refresh_power(now)  # off here; its share of the supply goes to the others
         self.update(evse, trigger, now)
 
     def vehicle_left(self, evse: Evse, now: float) -> None:
@@ -394,7 +466,10 @@ class Sessions:
         if not self.station.usable(evse):
             return
         token = self.settings.free_vend_token
-        if evse.pending is None and token is not None:
+        # Free vend charges whoever plugs in, except on an EVSE kept for a reservation: there
+        # only the reservation's own token, presented, opens it.
+        if evse.pending is None and token is not None and \
+                self.reservations.admit(evse, token, None) == (True, None):
             evse.pending = PendingAuth(token, now, authorized=True)
         if self.start_due(evse):
             self.start(evse, now, Trigger.CABLE_PLUGGED_IN)
@@ -414,17 +489,22 @@ class Sessions:
         tx = evse.transaction
         assert tx is not None
         evse.transaction = None
-        self.power_off(evse)
         end_samples: list[Sample] = []
         if evse.reading is not None and not evse.reading_stale:
+            # Before the power goes off: the sample shows what the session was offered.
             end_samples.append(evse.sample(now, ReadingContext.TRANSACTION_END))
+        self.power_off(evse)
         evse.finishing = evse.pilot.vehicle_present
         # Without a reading the register cannot have gone below where the session began.
         meter_stop = max(evse.energy(default=tx.meter_start_wh), tx.meter_start_wh)
         self.event(TxEventKind.ENDED, evse, tx, now, trigger,
                    samples=(*tx.history, *end_samples), reason=reason, cause=cause,
                    stopped_by=by, meter_stop_wh=meter_stop)
+        if self.limits.remove(self.limits.bound_to(tx.ref)):
+            # A transaction profile ends with its transaction (1.6 3.13.4, 2.0.1 K01.FR.05).
+            self._emit(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
         self.after_session(evse, now)
+        self.refresh_power(now)  # its share of the supply goes to the sessions left
 
     def after_session(self, evse: Evse, now: float) -> None:
         """What waited for the session's end: an availability change, a reset."""

@@ -10,10 +10,18 @@ the same logic serves every OCPP version and is tested with a fake clock.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import replace
 
-from cpagent.core.actions import Action, ResetEvse, ResetNow, StatusChanged, TxEventKind
+from cpagent.core.actions import (
+    Action,
+    ChargingProfilesChanged,
+    CurrentOverrun,
+    ResetEvse,
+    ResetNow,
+    StatusChanged,
+    TxEventKind,
+)
 from cpagent.core.authorization import Authorizer
 from cpagent.core.availability import Availabilities
 from cpagent.core.evse import Connector, Evse, PendingAuth, Station, charging_state
@@ -27,11 +35,16 @@ from cpagent.core.model import (
     ConnectorStatus,
     CoreSettings,
     IdToken,
+    Reservation,
+    ReserveResult,
     StopReason,
     Transaction,
     Trigger,
     TxPoint,
 )
+from cpagent.core.overrun import OverrunWatch
+from cpagent.core.reservations import Reservations
+from cpagent.core.schedules import ChargingProfile, Segment
 from cpagent.core.sessions import RemoteStartResult, Sessions
 from hal.interfaces import Fault, MeterReading, PilotState
 
@@ -55,9 +68,12 @@ class ChargingStation:
         operative: dict[tuple[int, int], bool] | None = None,
         auth_cache: Iterable[tuple[IdToken, AuthInfo]] = (),
         local_list: Iterable[tuple[IdToken, AuthInfo]] = (),
+        profiles: Iterable[ChargingProfile] = (),
+        reservations: Iterable[Reservation] = (),
     ) -> None:
         """`evses`: how many EVSEs with one connector each, or {evse id: connectors}.
         `operative`: stored availability by (evse, connector), 0 naming the whole level.
+        `reservations`: those stored; one that expired meanwhile ends at the first input.
         `new_ref`: makes transaction references; the shell's are unique across restarts."""
         layout = evses if isinstance(evses, dict) else {e: 1 for e in range(1, evses + 1)}
         stored = operative or {}
@@ -70,11 +86,14 @@ class ChargingStation:
              for e, n in layout.items()},
             stored.get((0, 0), True),
         )
-        self.limits = Limits(settings)
+        self.limits = Limits(settings, layout, profiles)
+        self.overrun = OverrunWatch()
         self.auth = Authorizer(settings, emit, cache=auth_cache, local_list=local_list)
         self.availability = Availabilities(self.station, emit)
+        self.reservations = Reservations(self.station, settings, emit, reservations)
         self.sessions = Sessions(self.station, settings, self.limits, self.auth, emit,
-                                 new_ref or _counter_refs(), self.availability)
+                                 new_ref or _counter_refs(), self.availability,
+                                 reservations=self.reservations)
         self.metering = Metering(self.station, settings, self.sessions, emit)
         # What a CSMS learns at connection time is the current status, so only changes after
         # construction are emitted.
@@ -140,6 +159,7 @@ class ChargingStation:
     def _publish(self, now: float) -> None:
         """Report charging-state changes of running transactions, then every connector whose
         visible status changed."""
+        self.reservations.review(now)  # expired, or no longer possible: then not Reserved
         for evse in self.station.evses.values():
             tx = evse.transaction
             if tx is None:
@@ -204,6 +224,10 @@ class ChargingStation:
         if was_stale and evse.transaction is None and self.sessions.start_due(evse):
             self.sessions.start(evse, now, Trigger.AUTHORIZED)  # it waited for the meter
             self.sessions.update_power(evse, now)
+        if self.overrun.check(evse, reading, now):
+            fault = evse.faults.get(Fault.EV_OVER_CURRENT)
+            if fault is not None:
+                self._actions.append(CurrentOverrun(evse.id, fault))
         tx = evse.transaction
         if (tx is not None and tx.energy_cap_wh is not None and not tx.suspended_by_csms
                 and reading.energy_wh is not None and reading.energy_wh >= tx.energy_cap_wh):
@@ -278,18 +302,28 @@ class ChargingStation:
     # ---- the CSMS's commands -----------------------------------------------------------------
 
     def remote_start(self, token: IdToken, evse_id: int | None, now: float,
-                     remote_start_id: int | None = None) -> RemoteStartResult:
+                     remote_start_id: int | None = None,
+                     profile: ChargingProfile | None = None) -> RemoteStartResult:
+        """`profile`: a transaction profile for the session this start begins (its
+        transaction and EVSE are filled in when it does)."""
         if evse_id is not None and evse_id not in self.station.evses:
             return RemoteStartResult(False)
-        target = self.sessions.pick_evse(evse_id)
+        target = self.sessions.pick_evse(evse_id, token, now)
         if target is None:
             return RemoteStartResult(False)
         running = target.transaction.ref if target.transaction is not None else None
-        target.pending = PendingAuth(token, now, remote=True, remote_start_id=remote_start_id)
-        if self.settings.authorize_remote_start:
+        target.pending = PendingAuth(token, now, remote=True, remote_start_id=remote_start_id,
+                                     profile=profile)
+        known = self.auth.known(token, now)
+        # Taken as accepted; its group, where the local list or cache knows it.
+        accepted = AuthInfo(AuthStatus.ACCEPTED, known.group if known else None)
+        if self.settings.authorize_remote_start or (
+                known is None and not self.reservations.admit(target, token, None)[0]):
+            # Also without AuthorizeRemoteTxRequests: only the CSMS can tell whether the token
+            # is of the group a reserved EVSE is kept for (1.6 §5.13, 2.0.1 H03).
             self.sessions.authorize(target, now)
         else:
-            self.sessions.authorized(target, AuthInfo(AuthStatus.ACCEPTED), now)
+            self.sessions.authorized(target, accepted, now)
         self._publish(now)
         return RemoteStartResult(True, running)
 
@@ -369,6 +403,9 @@ class ChargingStation:
             self.sessions.event(TxEventKind.ENDED, holder, tx, now, Trigger.ABNORMAL_CONDITION,
                                 reason=reason, meter_stop_wh=max(meter_stop,
                                                                  tx.meter_start_wh))
+        # Their transaction profiles end with them (1.6 3.13.1, 2.0.1 K01.FR.05).
+        if self.limits.remove([i for tx in transactions for i in self.limits.bound_to(tx.ref)]):
+            self._actions.append(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
 
     def shutdown(self, now: float) -> None:
         """The agent is stopping (SIGTERM): every session ends now, at its real reading."""
@@ -393,6 +430,53 @@ class ChargingStation:
         self.sessions.update_power(self.evse(evse_id), now)
         self._publish(now)
 
+    # ---- reservations ------------------------------------------------------------------------
+
+    def reserve(self, reservation: Reservation, now: float,
+                connector_types: Mapping[int, Collection[str]] | None = None) -> ReserveResult:
+        """Make, or replace by its id, a reservation. `connector_types`: each EVSE's
+        connector types, where the caller knows them."""
+        answer = self.reservations.reserve(reservation, now, connector_types)
+        self._publish(now)
+        return answer
+
+    def cancel_reservation(self, reservation_id: int, now: float) -> bool:
+        cancelled = self.reservations.cancel(reservation_id)
+        self._publish(now)
+        return cancelled
+
+    # ---- charging profiles -------------------------------------------------------------------
+
+    @property
+    def profiles(self) -> list[ChargingProfile]:
+        return list(self.limits.profiles.values())
+
+    def install_profile(self, profile: ChargingProfile, now: float,
+                        replacing: Iterable[int] = ()) -> None:
+        """Install (or replace, by id) a profile the adapter has checked, in place of the
+        `replacing` ones, and apply it now."""
+        self.limits.remove(replacing)
+        self.limits.install(profile)
+        self._profiles_changed(now)
+
+    def remove_profiles(self, ids: Iterable[int], now: float) -> list[ChargingProfile]:
+        removed = self.limits.remove(ids)
+        if removed:
+            self._profiles_changed(now)
+        return removed
+
+    def _profiles_changed(self, now: float) -> None:
+        self._actions.append(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
+        self.sessions.refresh_power(now)
+        self._publish(now)
+
+    def composite_schedule(self, evse_id: int, start: float, duration: float) -> list[Segment]:
+        """The limits an EVSE (0: the station's supply) will have over the coming `duration`
+        seconds, as the profiles installed now and its running transaction make them."""
+        tx = self.evse(evse_id).transaction if evse_id else None
+        return self.limits.schedule(evse_id, start, start + duration,
+                                    tx.ref if tx else None, tx.started_at if tx else None)
+
     # ---- connection and clock ----------------------------------------------------------------
 
     def connection_changed(self, online: bool, now: float) -> None:
@@ -405,6 +489,7 @@ class ChargingStation:
         """The time is known; `now` moved by `jump` against the time the core ran on so far,
         and every deadline and stamp the core holds moves with it."""
         self.station.clock_trusted = True
+        self.limits.changed()  # schedules are laid on the clock
         if jump:
             for evse in self.station.evses.values():
                 if evse.pending is not None:
@@ -429,5 +514,11 @@ class ChargingStation:
                     and not tx.vehicle_seen and now - tx.started_at >= timeout):
                 # Began with the card; no car came (2.0.1 EVConnectionTimeOut).
                 self.sessions.end(evse, StopReason.TIMEOUT, Trigger.EV_CONNECT_TIMEOUT, now)
+        expired = self.limits.expired(now)
+        if expired:
+            self.limits.remove(expired)
+            self._actions.append(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
+        if expired or now >= self.limits.next_change():
+            self.sessions.refresh_power(now)  # a schedule boundary: the offers change
         self.metering.tick(now)
         self._publish(now)

@@ -46,7 +46,7 @@ from cpagent.host import (
     Undeliverable,
 )
 from cpagent.logs import RateLimited
-from cpagent.ocpp16 import certificates
+from cpagent.ocpp16 import certificates, reservations
 from cpagent.ocpp16.configuration import (
     KEYS,
     Configuration,
@@ -54,6 +54,8 @@ from cpagent.ocpp16.configuration import (
     canonical_key,
 )
 from cpagent.ocpp16.metering import meter_value
+from cpagent.ocpp16.smart_charging import SmartCharging
+from cpagent.ocpp16.triggers import RemoteTrigger
 from cpagent.ocpp16.vocabulary import (
     ERROR_CODES,
     MAX_ID_TAG,
@@ -71,6 +73,7 @@ from cpagent.records import (
     shifted,
 )
 from cpagent.rpc import CallErrorReceived, NoReply
+from cpagent.schedule_wire import InvalidProfile
 from cpagent.security_events import SecurityEvent, notification
 from cpagent.settings import password_bytes
 from hal.interfaces import Fault
@@ -105,6 +108,12 @@ class Ocpp16Adapter:
         self._status_retries: dict[int, asyncio.TimerHandle] = {}
         self._statuses_sent: dict[int, tuple] = {}  # on this link, per connector
         self._raising: Endpoint | None = None  # a SecurityProfile raise not yet connected
+        self.triggers = RemoteTrigger(
+            host, registration=lambda: self.registration, boot_request=self.boot_request,
+            read_boot_answer=self.read_boot_answer, boot_accepted=self.boot_accepted,
+            resend_status=lambda c: self._resend_status(c, force=True),
+            status_payload=self._status_payload)
+        self.smart_charging = SmartCharging(host, self._refs.get)
         self.handlers: Mapping[str, Handler] = {
             "ChangeAvailability": self._change_availability,
             "ChangeConfiguration": self._change_configuration,
@@ -123,6 +132,12 @@ class Ocpp16Adapter:
                 lambda p: certificates.get_installed_certificate_ids(self.host, p),
             "CertificateSigned": lambda p: certificates.certificate_signed(self.host, p),
             "ExtendedTriggerMessage": self._extended_trigger,
+            "ReserveNow": lambda p: reservations.reserve_now(self, p),
+            "CancelReservation": lambda p: reservations.cancel_reservation(self, p),
+            "TriggerMessage": self.triggers.trigger_message,
+            "SetChargingProfile": self.smart_charging.set_charging_profile,
+            "ClearChargingProfile": self.smart_charging.clear_charging_profile,
+            "GetCompositeSchedule": self.smart_charging.get_composite_schedule,
         }
 
     # ---- settings ---------------------------------------------------------------------------
@@ -149,6 +164,7 @@ class Ocpp16Adapter:
             if config.items("StopTxnAlignedData") else 0.0
         core.aligned_during_transaction = True
         core.auth_cache_lifetime = None
+        core.reservation_ends_at_start = True  # §5.13: terminated when a transaction starts
 
     def ping_interval(self) -> float:
         return float(self.configuration.integer("WebSocketPingInterval"))
@@ -198,7 +214,7 @@ class Ocpp16Adapter:
                  self.configuration.integer("HeartbeatInterval"))
 
     def gate(self, action: str, registration: Registration | None) -> Exception | None:
-        self.registration = registration
+        self.registration = registration = self.triggers.registration(registration)
         if registration is Registration.REJECTED:
             # OCPP 1.6 4.2: while Rejected the charge point does not respond to the CSMS.
             return NoReply("the central system rejected this station's BootNotification")
@@ -228,6 +244,16 @@ class Ocpp16Adapter:
 
     def _status_notification(self, connector_id: int, status: ConnectorStatus,
                              fault: Fault | None, info: str, timestamp: float) -> None:
+        payload = self._status_payload(connector_id, status, fault, info, timestamp)
+        said = (payload["status"], payload["errorCode"], payload.get("info"))
+        if self._statuses_sent.get(connector_id) == said:
+            return  # the core saw a change 1.6 has no word for (a car behind Unavailable)
+        self._statuses_sent[connector_id] = said
+        future = self.host.queue.send("StatusNotification", payload)
+        future.add_done_callback(lambda f, c=connector_id: self._status_sent(c, f))
+
+    def _status_payload(self, connector_id: int, status: ConnectorStatus,
+                        fault: Fault | None, info: str, timestamp: float) -> dict:
         payload: dict[str, Any] = {
             "connectorId": connector_id,
             "errorCode": ERROR_CODES.get(fault, "OtherError") if fault else "NoError",
@@ -238,12 +264,7 @@ class Ocpp16Adapter:
             payload["vendorErrorCode"] = fault.value[:50]
         if info:
             payload["info"] = info[:50]
-        said = (payload["status"], payload["errorCode"], payload.get("info"))
-        if self._statuses_sent.get(connector_id) == said:
-            return  # the core saw a change 1.6 has no word for (a car behind Unavailable)
-        self._statuses_sent[connector_id] = said
-        future = self.host.queue.send("StatusNotification", payload)
-        future.add_done_callback(lambda f, c=connector_id: self._status_sent(c, f))
+        return payload
 
     def _status_sent(self, connector_id: int, future: asyncio.Future) -> None:
         if future.cancelled():
@@ -264,10 +285,14 @@ class Ocpp16Adapter:
         self._status_retries[connector_id] = loop.call_later(
             STATUS_RETRY, lambda: self._spawn(self._resend_status(connector_id)))
 
-    async def _resend_status(self, connector_id: int) -> None:
-        self._status_retries.pop(connector_id, None)
+    async def _resend_status(self, connector_id: int, force: bool = False) -> None:
+        retry = self._status_retries.pop(connector_id, None)
+        if retry is not None:
+            retry.cancel()  # sent now: a retry still waiting would only repeat it
         if not self.is_online:
             return
+        if force:  # asked for: sent even though nothing changed
+            self._statuses_sent.pop(connector_id, None)
         status, fault, info = await self.host.ask(lambda core, now: core.status(connector_id))
         self._status_notification(connector_id, status, fault, info, self.host.clock.now())
 
@@ -517,7 +542,7 @@ class Ocpp16Adapter:
             case "SignChargePointCertificate":
                 self._spawn(self._later(lambda: self._renew("the Central System asked")))
             case "Heartbeat":
-                self._spawn(self._later(lambda: self.host.queue.send("Heartbeat", {})))
+                self._spawn(self._later(self.triggers.heartbeat))
             case _:
                 return {"status": "NotImplemented"}
         return {"status": "Accepted"}
@@ -661,15 +686,24 @@ class Ocpp16Adapter:
             return {"status": "Rejected"}  # OCPP 1.6 4.2.1: not while Pending
         if connector_id is not None and not self._connector_ok(connector_id, station=False):
             return {"status": "Rejected"}
-        if "chargingProfile" in payload:
-            # Accepting the start and charging past the CSMS's limit would break its load
-            # balancing: refuse until the limit can be applied (Smart Charging profile).
-            log.warning("RemoteStartTransaction rejected: it carries a charging profile and "
-                        "this build does not support Smart Charging yet")
-            return {"status": "Rejected"}
         token = IdToken(payload["idTag"])
-        result = await self.host.ask(
-            lambda core, now: core.remote_start(token, connector_id, now))
+        wire_profile = payload.get("chargingProfile")
+
+        def start(core: ChargingStation, now: float):
+            profile = None
+            if wire_profile is not None:
+                try:
+                    profile = self.smart_charging.remote_start_profile(wire_profile,
+                                                                       connector_id, now)
+                except InvalidProfile as exc:
+                    # Charging past the CSMS's limit would break its load balancing.
+                    log.info("RemoteStartTransaction rejected: its charging profile: %s", exc)
+                    return None
+            return core.remote_start(token, connector_id, now, profile=profile)
+
+        result = await self.host.ask(start)
+        if result is None:
+            return {"status": "Rejected"}
         return {"status": "Accepted" if result.accepted else "Rejected"}
 
     async def _remote_stop(self, payload: dict) -> dict:

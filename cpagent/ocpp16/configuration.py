@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from cpagent.certificates import MAX_CERTIFICATES
+from cpagent.core.limits import MAX_PERIODS, MAX_PROFILES, MAX_STACK_LEVEL
 from cpagent.settings import DEFAULTS, SharedSettings
 
 SUPPORTED_MEASURANDS = (
@@ -112,6 +113,11 @@ KEYS: dict[str, Key] = {
         Key("CertSigningWaitMinimum", "int", minimum=1, maximum=86400,
             shared="cert_signing_wait_minimum"),
         # The organization in the charger's certificate signing requests (whitepaper 1.4).
+        Key("ChargeProfileMaxStackLevel", "int", str(MAX_STACK_LEVEL), readonly=True),
+        Key("ChargingScheduleAllowedChargingRateUnit", "csl", "Current,Power", readonly=True),
+        Key("ChargingScheduleMaxPeriods", "int", str(MAX_PERIODS), readonly=True),
+        # Phase switching needs hardware this station does not have.
+        Key("ConnectorSwitch3to1PhaseSupported", "bool", "false", readonly=True),
         Key("CpoName", "text", "", maximum=50),
         Key("ClockAlignedDataInterval", "int", maximum=86400, shared="aligned_interval"),
         Key("ConnectionTimeOut", "int", minimum=1, maximum=3600, shared="connection_timeout"),
@@ -124,6 +130,7 @@ KEYS: dict[str, Key] = {
         Key("LocalAuthListMaxLength", "int", str(LOCAL_LIST_MAX), readonly=True),
         Key("LocalAuthorizeOffline", "bool", shared="local_authorize_offline"),
         Key("LocalPreAuthorize", "bool", shared="local_pre_authorize"),
+        Key("MaxChargingProfilesInstalled", "int", str(MAX_PROFILES), readonly=True),
         Key("MaxEnergyOnInvalidId", "int", maximum=1_000_000,
             shared="max_energy_on_invalid_id"),
         _measurands("MeterValuesAlignedData", "aligned_measurands"),
@@ -132,6 +139,8 @@ KEYS: dict[str, Key] = {
         Key("MeterValuesSampledDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
         Key("MeterValueSampleInterval", "int", maximum=86400, shared="sample_interval"),
         Key("NumberOfConnectors", "int", lambda n: str(n), readonly=True),
+        # Reservation profile: connector 0 reserves any connector of the charge point.
+        Key("ReserveConnectorZeroSupported", "bool", "true", readonly=True),
         Key("ResetRetries", "int", maximum=10, shared="reset_retries"),
         # Security whitepaper: raised over OCPP, never lowered; reported as the link is.
         Key("SecurityProfile", "int", "0", maximum=3, live=True),
@@ -142,7 +151,9 @@ KEYS: dict[str, Key] = {
         Key("StopTxnAlignedDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
         _measurands("StopTxnSampledData", "ended_measurands"),
         Key("StopTxnSampledDataMaxLength", "int", str(MEASURAND_LIST_MAX), readonly=True),
-        Key("SupportedFeatureProfiles", "csl", "Core,LocalAuthListManagement", readonly=True),
+        Key("SupportedFeatureProfiles", "csl",
+            "Core,LocalAuthListManagement,RemoteTrigger,Reservation,SmartCharging",
+            readonly=True),
         Key("SupportedFeatureProfilesMaxLength", "int", "6", readonly=True),
         Key("TransactionMessageAttempts", "int", minimum=1, maximum=100,
             shared="message_attempts"),

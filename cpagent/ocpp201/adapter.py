@@ -19,8 +19,10 @@ from urllib.parse import quote, urlsplit
 from cpagent.clock import format_time
 from cpagent.core.actions import (
     Action,
+    ChargingLimitChanged,
     MeterValuesReport,
     RequestAuthorization,
+    ReservationEnded,
     StatusChanged,
     TransactionEvent,
     TxEventKind,
@@ -34,7 +36,7 @@ from cpagent.core.model import (
     TokenType,
     Trigger,
 )
-from cpagent.core.station import ChargingStation
+from cpagent.core.station import ChargingStation, RemoteStartResult
 from cpagent.host import (
     AdapterHost,
     BootAnswer,
@@ -46,7 +48,7 @@ from cpagent.host import (
     Undeliverable,
 )
 from cpagent.logs import RateLimited
-from cpagent.ocpp201 import certificates
+from cpagent.ocpp201 import certificates, reservations
 from cpagent.ocpp201.device_model import (
     BYTES_PER_MESSAGE,
     ITEMS_PER_MESSAGE,
@@ -61,6 +63,7 @@ from cpagent.ocpp201.device_model import (
     split_parts,
 )
 from cpagent.ocpp201.metering import meter_value
+from cpagent.ocpp201.smart_charging import SmartCharging
 from cpagent.ocpp201.vocabulary import (
     BOOT_REASONS,
     CHARGING_STATES,
@@ -82,6 +85,7 @@ from cpagent.records import (
     shifted,
 )
 from cpagent.rpc import ConnectionLost, RpcError
+from cpagent.schedule_wire import InvalidProfile
 from cpagent.security_events import SecurityEvent, notification
 from cpagent.settings import password_bytes, password_key, password_problem
 from hal.interfaces import Fault
@@ -169,6 +173,10 @@ class _Live:
                 return "10"
             case "backoff_wait_minimum":
                 return "1"
+            case "charging_profile_entries":
+                return str(len(core.profiles))
+            case "rate_units":
+                return "A,W"
         raise KeyError(name)
 
 
@@ -194,6 +202,7 @@ class Ocpp201Adapter:
         self._problems: dict[tuple[int, int], tuple[Fault | None, str]] = {}
         self._status_retries: dict[tuple[int, int], asyncio.TimerHandle] = {}
         self._event_ids = 0
+        self.smart_charging = SmartCharging(host, self.model)
         self.handlers: Mapping[str, Handler] = {
             "GetVariables": self._get_variables,
             "SetVariables": self._set_variables,
@@ -211,11 +220,17 @@ class Ocpp201Adapter:
             "GetLocalListVersion": self._get_local_list_version,
             "DataTransfer": self._data_transfer,
             "SetNetworkProfile": self._set_network_profile,
+            "SetChargingProfile": self.smart_charging.set_charging_profile,
+            "GetChargingProfiles": self.smart_charging.get_charging_profiles,
+            "ClearChargingProfile": self.smart_charging.clear_charging_profile,
+            "GetCompositeSchedule": self.smart_charging.get_composite_schedule,
             "InstallCertificate": lambda p: certificates.install_certificate(self.host, p),
             "DeleteCertificate": lambda p: certificates.delete_certificate(self.host, p),
             "GetInstalledCertificateIds":
                 lambda p: certificates.get_installed_certificate_ids(self.host, p),
             "CertificateSigned": lambda p: certificates.certificate_signed(self.host, p),
+            "ReserveNow": lambda p: reservations.reserve_now(self, p),
+            "CancelReservation": lambda p: reservations.cancel_reservation(self, p),
         }
 
     # ---- settings ---------------------------------------------------------------------------
@@ -248,8 +263,11 @@ class Ocpp201Adapter:
                                                             "TxEndedInterval")) \
             if aligned and model.items("AlignedDataCtrlr", "TxEndedMeasurands") else 0.0
         core.aligned_during_transaction = not model.flag("AlignedDataCtrlr", "SendDuringIdle")
+        core.limit_change_significance = float(model.text("SmartChargingCtrlr",
+                                                          "LimitChangeSignificance"))
         lifetime = model.integer("AuthCacheCtrlr", "LifeTime")
         core.auth_cache_lifetime = float(lifetime) if lifetime > 0 else None
+        core.reservation_ends_at_start = False  # used once its token is accepted (H03.FR.09)
         if not model.flag("AuthCtrlr", "Enabled"):
             # No authorization at all: every plug-in charges (2.0.1 NoAuthorization).
             core.free_vend_token = IdToken("", TokenType.NO_AUTHORIZATION)
@@ -425,6 +443,10 @@ class Ocpp201Adapter:
                               action.timestamp)
             case RequestAuthorization(token=token):
                 self._spawn(self._authorize(token))
+            case ReservationEnded():
+                await reservations.report_end(self.host, action)
+            case ChargingLimitChanged():
+                self.smart_charging.limit_changed(action, tell=self.is_online)
             case MeterValuesReport(evse_id=evse_id, sample=sample):
                 if self.is_online:
                     measurands = ("AlignedDataCtrlr", "Measurands") \
@@ -462,6 +484,8 @@ class Ocpp201Adapter:
     async def render(self, entry: OutboxEntry, shift: float) -> list[Message]:
         if entry.kind == SECURITY_EVENT:
             return [self._security_event_message(entry.record, shift)]
+        if entry.kind == reservations.RESERVATION_UPDATE:
+            return [reservations.update_message(entry.record)]
         if entry.kind != TRANSACTION_EVENT:
             log.warning("no OCPP 2.0.1 message for a queued %s record; skipped", entry.kind)
             return []
@@ -503,7 +527,10 @@ class Ocpp201Adapter:
             phases = self.host.info.evses.get(event.evse_id)
             if phases is not None:
                 payload["numberOfPhasesUsed"] = phases.phases
-        if event.reservation_id is not None and event.kind is TxEventKind.STARTED:
+        # On the event that used the reservation: the start, or the authorization of a
+        # transaction the cable began.
+        if event.reservation_id is not None and (event.kind is TxEventKind.STARTED
+                                                 or event.authorized_now):
             payload["reservationId"] = event.reservation_id
         token = event.token
         if event.stopped_by is not None:
@@ -747,21 +774,30 @@ class Ocpp201Adapter:
     async def _request_start(self, payload: dict) -> dict:
         if self.registration is not Registration.ACCEPTED:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "NotAccepted"}}
-        if "chargingProfile" in payload:
-            # Charging past the CSMS's limit would break its load balancing: refused until
-            # the limit can be applied (smart charging).
-            log.warning("RequestStartTransaction rejected: it carries a charging profile and "
-                        "this build has no smart charging yet")
-            return {"status": "Rejected", "statusInfo": {
-                "reasonCode": "UnsupportedRequest",
-                "additionalInfo": "charging profiles are not supported by this build"}}
         token = token_from_wire(payload["idToken"])
         evse_id = payload.get("evseId")
         if token is None or (evse_id is not None and evse_id not in self.host.info.evses):
             return {"status": "Rejected"}
         remote_start_id = payload["remoteStartId"]
-        result = await self.host.ask(lambda core, now: core.remote_start(
-            token, evse_id, now, remote_start_id=remote_start_id))
+        wire_profile = payload.get("chargingProfile")
+
+        def start(core: ChargingStation, now: float) -> RemoteStartResult | str:
+            profile = None
+            if wire_profile is not None:
+                try:
+                    profile = self.smart_charging.request_start_profile(wire_profile,
+                                                                        evse_id, now)
+                except InvalidProfile as exc:
+                    # Charging past the CSMS's limit would break its load balancing.
+                    return str(exc)
+            return core.remote_start(token, evse_id, now, remote_start_id=remote_start_id,
+                                     profile=profile)
+
+        result = await self.host.ask(start)
+        if isinstance(result, str):
+            log.info("RequestStartTransaction rejected: its charging profile: %s", result)
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidProfile",
+                                                         "additionalInfo": result[:512]}}
         answer: dict[str, Any] = {"status": "Accepted" if result.accepted else "Rejected"}
         if result.accepted and result.ref is not None:
             answer["transactionId"] = result.ref

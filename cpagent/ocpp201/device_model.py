@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cpagent.clock import format_time, parse_time
+from cpagent.core.limits import MAX_PERIODS, MAX_PROFILES, MAX_STACK_LEVEL
 from cpagent.ocpp201.vocabulary import TX_POINT_VALUES
 from cpagent.settings import DEFAULTS, SECRETS, SharedSettings
 
@@ -234,11 +235,24 @@ CONTROLLERS: list[Variable] = [
     _v("ClockCtrlr", "DateTime", "dateTime", live="date_time"),
     _rw("ClockCtrlr", "TimeSource", "SequenceList", default="NTP,Heartbeat",
         values=("Heartbeat", "NTP")),
-    # Not in this build yet: said so rather than left out, so a CSMS does not try them.
-    _v("ReservationCtrlr", "Available", "boolean", live="false"),
-    _v("ReservationCtrlr", "Enabled", "boolean", live="false"),
-    _v("SmartChargingCtrlr", "Available", "boolean", live="false"),
-    _v("SmartChargingCtrlr", "Enabled", "boolean", live="false"),
+    _v("ReservationCtrlr", "Available", "boolean", live="true"),
+    # false: every ReserveNow is Rejected (those made before still hold).
+    _rw("ReservationCtrlr", "Enabled", "boolean", default="true"),
+    # Reservations without an evseId: any EVSE, one kept free for each (H01).
+    _rw("ReservationCtrlr", "NonEvseSpecific", "boolean", default="true"),
+    _v("SmartChargingCtrlr", "Available", "boolean", live="true"),
+    # false: SetChargingProfile is Rejected (the profiles installed before still apply).
+    _rw("SmartChargingCtrlr", "Enabled", "boolean", default="true"),
+    _v("SmartChargingCtrlr", "Entries", "integer", instance="ChargingProfiles",
+       live="charging_profile_entries", maximum=MAX_PROFILES),
+    _rw("SmartChargingCtrlr", "LimitChangeSignificance", "decimal", default="1",
+        unit="Percent", minimum=0, maximum=100),
+    _rw("SmartChargingCtrlr", "NotifyChargingLimitWithSchedules", "boolean", default="false"),
+    _v("SmartChargingCtrlr", "PeriodsPerSchedule", "integer", live=str(MAX_PERIODS)),
+    # Phase switching needs hardware this station does not have.
+    _v("SmartChargingCtrlr", "Phases3to1", "boolean", live="false"),
+    _v("SmartChargingCtrlr", "ProfileStackLevel", "integer", live=str(MAX_STACK_LEVEL)),
+    _v("SmartChargingCtrlr", "RateUnit", "MemberList", live="rate_units", values=("A", "W")),
 ]
 
 PHYSICAL: list[Variable] = [

@@ -1,0 +1,248 @@
+"""Charging profiles and the composite schedule they make: pure functions of time.
+
+A profile is a limit over time (a schedule of periods) with a purpose, a stack level and a
+validity. The composite schedule of an EVSE is, at each instant, the smallest of: the station
+maximum profile in force, the external constraints in force, the winning transaction or default
+profile (a transaction profile overrides every default profile; within a kind the highest stack
+level in force wins, at a tie the one set for this EVSE over the station-wide one), and fixed
+caps (the hardware's maximum, the installer's limits). Where a winner's schedule has ended or
+not yet begun, the next one down the stack is in force.
+
+Limits are kept in amps per phase: a limit in watts is divided by the configured voltage and by
+the phases the EVSE really uses. The hardware cannot switch phases, so a period's numberPhases
+cannot lower that count: converting with fewer phases would let a three-phase car take three
+times the power the CSMS granted.
+
+Recurring profiles restart at the same local wall-clock time as their startSchedule, in the
+installer's time zone: a daily 22:00 off-peak window stays at 22:00 across a DST change. Within
+one recurrence, period offsets are elapsed seconds, as the specifications define them; the
+recurrence that begins on the day of a change is an hour shorter or longer, and ends where the
+next one begins.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+from enum import StrEnum
+
+DAY = 86400.0
+
+
+class ProfilePurpose(StrEnum):
+    STATION_MAX = "station_max"  # 1.6 ChargePointMaxProfile, 2.0.1 ChargingStationMaxProfile
+    TX_DEFAULT = "tx_default"
+    TX = "tx"
+    EXTERNAL = "external"  # 2.0.1 ChargingStationExternalConstraints: not set by the CSMS
+
+
+class ProfileKind(StrEnum):
+    ABSOLUTE = "absolute"
+    RECURRING = "recurring"
+    RELATIVE = "relative"  # from the start of the transaction
+
+
+class Recurrence(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+
+
+class RateUnit(StrEnum):
+    AMPS = "amps"  # per phase
+    WATTS = "watts"  # in total
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    start: float  # seconds from the start of the schedule
+    limit: float  # in the schedule's unit
+    phases: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    unit: RateUnit
+    periods: tuple[Period, ...]
+    start: float | None = None  # epoch seconds; required unless the profile is Relative
+    duration: float | None = None  # seconds; None: the last period lasts
+    min_rate: float | None = None  # the vehicle's least useful rate, in the same unit
+    id: int | None = None  # 2.0.1 chargingSchedule id
+
+
+@dataclass(frozen=True, slots=True)
+class ChargingProfile:
+    id: int
+    stack_level: int
+    purpose: ProfilePurpose
+    kind: ProfileKind
+    schedule: Schedule
+    evse_id: int = 0  # 0: the station (station-wide for defaults, the supply for maxima)
+    recurrence: Recurrence | None = None
+    valid_from: float | None = None
+    valid_to: float | None = None
+    transaction: str | None = None  # the core's reference, for TX profiles
+
+    def expired(self, now: float) -> bool:
+        """Never in force again: past validTo, or an Absolute schedule whose end has passed."""
+        if self.valid_to is not None and self.valid_to <= now:
+            return True
+        s = self.schedule
+        return (self.kind is ProfileKind.ABSOLUTE and s.start is not None
+                and s.duration is not None and s.start + s.duration <= now)
+
+
+@dataclass(frozen=True, slots=True)
+class Supply:
+    """What converts watts to amps for one EVSE (or the station)."""
+
+    voltage: float = 230.0
+    phases: int = 3
+
+    def amps(self, value: float, unit: RateUnit) -> float:
+        if unit is RateUnit.AMPS:
+            return value
+        return value / (self.voltage * self.phases)
+
+    def watts(self, amps: float) -> float:
+        return amps * self.voltage * self.phases
+
+    def in_unit(self, amps: float, unit: RateUnit) -> float:
+        return amps if unit is RateUnit.AMPS else self.watts(amps)
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One stretch of a composite schedule, in amps per phase."""
+
+    start: float
+    end: float
+    amps: float
+    min_amps: float | None = None  # of the winning transaction or default schedule
+    profile_id: int | None = None  # which profile set the limit; None: a fixed cap did
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    start: float
+    end: float
+    amps: float
+    min_amps: float | None
+
+
+def _recurrences(base: float, every: Recurrence, zone: tzinfo, start: float,
+                 end: float) -> Iterator[tuple[float, float]]:
+    """(begin, next begin) of each recurrence that overlaps [start, end), none before base."""
+    days = 1 if every is Recurrence.DAILY else 7
+    wall = datetime.fromtimestamp(base, zone).replace(tzinfo=None)
+    length = days * DAY
+
+    def begin(k: int) -> float:
+        # Wall-clock arithmetic, then back to an instant: the same local time each time.
+        return (wall + timedelta(days=days * k)).replace(tzinfo=zone).timestamp()
+
+    k = max(0, math.floor((start - base) / length) - 1)
+    while begin(k + 1) <= start:
+        k += 1
+    while (b := begin(k)) < end:
+        yield b, begin(k + 1)
+        k += 1
+
+
+def steps(profile: ChargingProfile, start: float, end: float, supply: Supply, zone: tzinfo,
+          tx_start: float | None = None) -> list[_Step]:
+    """Where in [start, end) the profile is in force, and with which limit (in amps)."""
+    schedule = profile.schedule
+    lo = max(start, profile.valid_from if profile.valid_from is not None else -math.inf)
+    hi = min(end, profile.valid_to if profile.valid_to is not None else math.inf)
+    if lo >= hi or not schedule.periods:
+        return []
+    duration = schedule.duration if schedule.duration is not None else math.inf
+    if profile.kind is ProfileKind.RECURRING and schedule.start is not None and \
+            profile.recurrence is not None:
+        runs = [(b, min(b + duration, nxt))
+                for b, nxt in _recurrences(schedule.start, profile.recurrence, zone, lo, hi)]
+    elif profile.kind is ProfileKind.RELATIVE:
+        base = tx_start if tx_start is not None else start
+        runs = [(base, base + duration)]
+    else:
+        base = schedule.start if schedule.start is not None else start
+        runs = [(base, base + duration)]
+    minimum = None if schedule.min_rate is None else supply.amps(schedule.min_rate,
+                                                                 schedule.unit)
+    out: list[_Step] = []
+    periods = schedule.periods
+    for run_start, run_end in runs:
+        for i, period in enumerate(periods):
+            a = run_start + period.start
+            b = run_start + periods[i + 1].start if i + 1 < len(periods) else run_end
+            a, b = max(a, lo, run_start), min(b, hi, run_end)
+            if a < b:
+                out.append(_Step(a, b, supply.amps(period.limit, schedule.unit), minimum))
+    return out
+
+
+class _Cursor:
+    """Walks a profile's steps forward in time: which one (if any) covers instant t."""
+
+    __slots__ = ("i", "profile", "steps")
+
+    def __init__(self, profile: ChargingProfile, found: list[_Step]) -> None:
+        self.profile = profile
+        self.steps = found
+        self.i = 0
+
+    def at(self, t: float) -> _Step | None:
+        found = self.steps
+        while self.i < len(found) and found[self.i].end <= t:
+            self.i += 1
+        if self.i < len(found) and found[self.i].start <= t:
+            return found[self.i]
+        return None
+
+
+def composite(stacks: Sequence[Sequence[ChargingProfile]], start: float, end: float, *,
+              cap: float, supply: Supply, zone: tzinfo, tx_start: float | None = None,
+              limiting_stack: int | None = None) -> list[Segment]:
+    """The composite schedule over [start, end): at each instant the smallest of `cap` and,
+    for every stack (profiles best first), its first profile in force. `limiting_stack`
+    names the stack whose minimum rate the segments carry (the transaction or default one)."""
+    cursors: list[list[_Cursor]] = []
+    bounds = {start, end}
+    for stack in stacks:
+        row = []
+        for profile in stack:
+            found = steps(profile, start, end, supply, zone, tx_start)
+            if found:
+                row.append(_Cursor(profile, found))
+                for s in found:
+                    bounds.add(s.start)
+                    bounds.add(s.end)
+        cursors.append(row)
+    times = sorted(bounds)
+    out: list[Segment] = []
+    for t, t_next in itertools.pairwise(times):
+        amps, minimum, source = cap, None, None
+        for index, row in enumerate(cursors):
+            for cursor in row:
+                step = cursor.at(t)
+                if step is None:
+                    continue
+                if step.amps < amps:
+                    amps, source = step.amps, cursor.profile.id
+                if index == limiting_stack:
+                    minimum = step.min_amps
+                break
+        if out and out[-1].amps == amps and out[-1].min_amps == minimum:
+            last = out[-1]
+            out[-1] = Segment(last.start, t_next, amps, minimum, last.profile_id)
+        else:
+            out.append(Segment(t, t_next, amps, minimum, source))
+    return out
+
+
+def stacked(profiles: Sequence[ChargingProfile], evse_id: int) -> list[ChargingProfile]:
+    """Best first: the highest stack level; at a tie, the one set for this EVSE."""
+    return sorted(profiles, key=lambda p: (p.stack_level, p.evse_id == evse_id), reverse=True)

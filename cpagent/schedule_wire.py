@@ -1,0 +1,119 @@
+"""Charging schedules on the wire: the part 1.6 and 2.0.1 spell alike.
+
+Both versions name a schedule's fields, its units ("A", "W"), its kinds ("Absolute",
+"Recurring", "Relative") and recurrences ("Daily", "Weekly") with the same words; what differs
+(the purposes, the profile's id and transaction fields, the composite answer's envelope) stays
+in each adapter. Checks here are the ones both specifications make: a first period at 0,
+periods in increasing order, a start for a Recurring schedule.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+from cpagent.clock import parse_time
+from cpagent.core.schedules import (
+    ChargingProfile,
+    Period,
+    ProfileKind,
+    ProfilePurpose,
+    RateUnit,
+    Recurrence,
+    Schedule,
+    Segment,
+    Supply,
+)
+
+UNITS = {"A": RateUnit.AMPS, "W": RateUnit.WATTS}
+UNIT_WORDS = {v: k for k, v in UNITS.items()}
+KINDS = {"Absolute": ProfileKind.ABSOLUTE, "Recurring": ProfileKind.RECURRING,
+         "Relative": ProfileKind.RELATIVE}
+RECURRENCES = {"Daily": Recurrence.DAILY, "Weekly": Recurrence.WEEKLY}
+
+
+class InvalidProfile(ValueError):
+    """Why a charging profile cannot be installed, in words for the log and the CSMS."""
+
+
+def _time(text: str | None, what: str) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise InvalidProfile(f"{what} {text!r} is not a date and time") from None
+
+
+def schedule_from_wire(d: dict, kind: ProfileKind, now: float, max_periods: int, *,
+                       start_required: bool) -> Schedule:
+    periods = d["chargingSchedulePeriod"]
+    if not periods:
+        raise InvalidProfile("the schedule has no periods")
+    if len(periods) > max_periods:
+        raise InvalidProfile(f"{len(periods)} periods; this station takes at most {max_periods}")
+    starts = [p["startPeriod"] for p in periods]
+    if starts[0] != 0:
+        raise InvalidProfile("the first period must start at 0")
+    if any(b <= a for a, b in itertools.pairwise(starts)):
+        raise InvalidProfile("periods must start in increasing order")
+    if any(p["limit"] < 0 for p in periods):
+        raise InvalidProfile("a limit is negative")
+    start = _time(d.get("startSchedule"), "startSchedule")
+    if start is None and kind is not ProfileKind.RELATIVE:
+        if kind is ProfileKind.RECURRING or start_required:
+            raise InvalidProfile(f"a {kind} schedule needs a startSchedule")
+        start = now  # lenient (1.6): an Absolute schedule without a start begins now
+    duration = d.get("duration")
+    if duration is not None and duration <= 0:
+        raise InvalidProfile("duration must be positive")
+    return Schedule(
+        UNITS[d["chargingRateUnit"]],
+        tuple(Period(float(p["startPeriod"]), float(p["limit"]), p.get("numberPhases"))
+              for p in periods),
+        start, None if duration is None else float(duration), d.get("minChargingRate"),
+        d.get("id"))
+
+
+def profile_from_wire(d: dict, schedule: dict, *, profile_id: int, purpose: ProfilePurpose,
+                      evse_id: int, transaction: str | None, now: float, max_periods: int,
+                      start_required: bool = False) -> ChargingProfile:
+    kind = KINDS[d["chargingProfileKind"]]
+    recurrence = RECURRENCES.get(d.get("recurrencyKind") or "")
+    if kind is ProfileKind.RECURRING and recurrence is None:
+        raise InvalidProfile("a Recurring profile needs a recurrencyKind")
+    valid_from = _time(d.get("validFrom"), "validFrom")
+    valid_to = _time(d.get("validTo"), "validTo")
+    if valid_to is not None and valid_to <= now:
+        raise InvalidProfile("validTo has passed")
+    if valid_from is not None and valid_to is not None and valid_to <= valid_from:
+        raise InvalidProfile("validTo is not after validFrom")
+    return ChargingProfile(
+        profile_id, d["stackLevel"], purpose, kind,
+        schedule_from_wire(schedule, kind, now, max_periods, start_required=start_required),
+        evse_id, recurrence if kind is ProfileKind.RECURRING else None, valid_from, valid_to,
+        transaction)
+
+
+def _down(value: float) -> float:
+    """To the 0.1 both versions' limits are multiples of, never up: a composite schedule
+    must not promise more than the station will offer."""
+    return math.floor(value * 10 + 1e-6) / 10
+
+
+def composite_periods(segments: list[Segment], start: float, unit: RateUnit,
+                      supply: Supply) -> list[dict]:
+    periods: list[dict] = []
+    for s in segments:
+        limit = _down(supply.in_unit(s.amps, unit))
+        if periods and periods[-1]["limit"] == limit:
+            continue
+        periods.append({"startPeriod": round(s.start - start), "limit": limit,
+                        "numberPhases": supply.phases})
+    return periods
+
+
+def composite_minimum(segments: list[Segment], unit: RateUnit, supply: Supply) -> float | None:
+    """The winning schedule's minimum rate at the start, where one was given."""
+    first = segments[0].min_amps if segments else None
+    return None if first is None else _down(supply.in_unit(first, unit))

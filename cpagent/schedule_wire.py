@@ -106,11 +106,19 @@ def composite_periods(segments: list[Segment], start: float, unit: RateUnit,
     periods: list[dict] = []
     for s in segments:
         limit = _down(supply.in_unit(s.amps, unit))
+        offset = round(s.start - start)
+        if periods and periods[-1]["startPeriod"] == offset:
+            periods.pop()  # two boundaries in one second: what holds from then on is told
         if periods and periods[-1]["limit"] == limit:
             continue
-        periods.append({"startPeriod": round(s.start - start), "limit": limit,
-                        "numberPhases": supply.phases})
+        periods.append({"startPeriod": offset, "limit": limit, "numberPhases": supply.phases})
     return periods
+
+
+def schedule_start(now: float) -> float:
+    """Where a composite schedule begins: the next whole second (the wire's periods count
+    whole seconds), so nothing it states lies in the past."""
+    return float(math.ceil(now))
 
 
 def composite_minimum(segments: list[Segment], unit: RateUnit, supply: Supply) -> float | None:

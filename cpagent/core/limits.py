@@ -27,6 +27,7 @@ from cpagent.core.schedules import (
     Supply,
     composite,
     stacked,
+    summed,
 )
 
 MIN_OFFER = 6.0  # IEC 61851-1: below 6 A the pilot cannot offer charging
@@ -135,19 +136,30 @@ class Limits:
                 stacked(tx, evse_id) + stacked(defaults, evse_id)]
 
     def cap(self, evse_id: int) -> float:
-        """The fixed part: the hardware and the installer's limits (the site limit for 0)."""
+        """The fixed part: the hardware and the installer's limits (0: the supply's)."""
+        site = self.settings.site_limit if self.settings.site_limit is not None else math.inf
         if evse_id == 0:
-            site = self.settings.site_limit
-            total = self.settings.max_current * len(self.evse_ids)
-            return min(total, site) if site is not None else total
-        return min(self.settings.max_current, self._local.get(evse_id, math.inf))
+            return min(self.settings.max_current * len(self.evse_ids), site)
+        # No EVSE can get more than the whole site, whatever it shares with the others.
+        return min(self.settings.max_current, self._local.get(evse_id, math.inf), site)
 
     def schedule(self, evse_id: int, start: float, end: float, transaction: str | None = None,
-                 tx_start: float | None = None) -> list[Segment]:
-        """The composite schedule of an EVSE (0: the station's supply) over [start, end)."""
+                 tx_start: float | None = None, share: float | None = None) -> list[Segment]:
+        """The composite schedule of an EVSE (0: the station's supply) over [start, end);
+        `share`: what sharing the supply leaves it now, expected to hold."""
+        cap = self.cap(evse_id) if share is None else min(self.cap(evse_id), share)
         return composite(self._stacks(evse_id, transaction), start, end,
-                         cap=self.cap(evse_id), supply=self.supply, zone=self.zone,
+                         cap=cap, supply=self.supply, zone=self.zone,
                          tx_start=tx_start, limiting_stack=2 if evse_id else None)
+
+    def grid_schedule(self, start: float, end: float, sessions: dict[int, tuple[str, float]],
+                      shares: dict[int, float]) -> list[Segment]:
+        """What the station as a whole is expected to draw over [start, end) (1.6 connector
+        0, 2.0.1 evseId 0): the EVSEs' composites together, at most the supply's.
+        `sessions`: the running transactions by EVSE, (reference, start)."""
+        per_evse = [self.schedule(e, start, end, *sessions.get(e, (None, None)),
+                                  share=shares.get(e)) for e in self.evse_ids]
+        return summed(per_evse, self.schedule(0, start, end))
 
     def _settings_seen(self) -> None:
         s = self.settings

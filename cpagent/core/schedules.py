@@ -246,3 +246,26 @@ def composite(stacks: Sequence[Sequence[ChargingProfile]], start: float, end: fl
 def stacked(profiles: Sequence[ChargingProfile], evse_id: int) -> list[ChargingProfile]:
     """Best first: the highest stack level; at a tie, the one set for this EVSE."""
     return sorted(profiles, key=lambda p: (p.stack_level, p.evse_id == evse_id), reverse=True)
+
+
+def summed(schedules: Sequence[list[Segment]], cap: list[Segment]) -> list[Segment]:
+    """What several EVSEs together may draw, at most `cap` (the supply): the composite of a
+    grid connection. All lists cover the same window."""
+    bounds = sorted({t for segments in [*schedules, cap] for s in segments
+                     for t in (s.start, s.end)})
+    cursors = [iter(segments) for segments in [*schedules, cap]]
+    current: list[Segment | None] = [next(c, None) for c in cursors]
+    out: list[Segment] = []
+    for t, t_next in itertools.pairwise(bounds):
+        for i, c in enumerate(cursors):
+            while current[i] is not None and current[i].end <= t:  # type: ignore[union-attr]
+                current[i] = next(c, None)
+        total = sum(s.amps for s in current[:-1] if s is not None)
+        limit = current[-1]
+        amps = min(total, limit.amps) if limit is not None else total
+        if out and out[-1].amps == amps:
+            out[-1] = Segment(out[-1].start, t_next, amps, None, out[-1].profile_id)
+        else:
+            out.append(Segment(t, t_next, amps, None,
+                               limit.profile_id if limit and limit.amps <= total else None))
+    return out

@@ -25,7 +25,7 @@ from cpagent.core.actions import (
 from cpagent.core.authorization import Authorizer
 from cpagent.core.availability import Availabilities
 from cpagent.core.evse import Connector, Evse, PendingAuth, Station, charging_state
-from cpagent.core.limits import Limits
+from cpagent.core.limits import Limits, LimitSource
 from cpagent.core.metering import Metering
 from cpagent.core.model import (
     AuthInfo,
@@ -44,7 +44,7 @@ from cpagent.core.model import (
 )
 from cpagent.core.overrun import OverrunWatch
 from cpagent.core.reservations import Reservations
-from cpagent.core.schedules import ChargingProfile, Segment
+from cpagent.core.schedules import ChargingProfile, ProfilePurpose, Segment
 from cpagent.core.sessions import RemoteStartResult, Sessions
 from hal.interfaces import Fault, MeterReading, PilotState
 
@@ -465,17 +465,41 @@ class ChargingStation:
             self._profiles_changed(now)
         return removed
 
+    def clear_profiles(self, now: float, *, profile_id: int | None = None,
+                       evse_id: int | None = None, purpose: ProfilePurpose | None = None,
+                       stack_level: int | None = None) -> list[ChargingProfile]:
+        """ClearChargingProfile in both versions: the profile of that id, else every profile
+        that meets all the criteria given (none given: all). External constraints are the
+        station's own and never cleared by the CSMS (2.0.1 K10.FR.06)."""
+        def matches(p: ChargingProfile) -> bool:
+            if p.purpose is ProfilePurpose.EXTERNAL:
+                return False
+            if profile_id is not None:
+                return p.id == profile_id
+            return ((evse_id is None or p.evse_id == evse_id)
+                    and (purpose is None or p.purpose is purpose)
+                    and (stack_level is None or p.stack_level == stack_level))
+
+        return self.remove_profiles([p.id for p in self.profiles if matches(p)], now)
+
     def _profiles_changed(self, now: float) -> None:
         self._actions.append(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
         self.sessions.refresh_power(now)
         self._publish(now)
 
     def composite_schedule(self, evse_id: int, start: float, duration: float) -> list[Segment]:
-        """The limits an EVSE (0: the station's supply) will have over the coming `duration`
-        seconds, as the profiles installed now and its running transaction make them."""
-        tx = self.evse(evse_id).transaction if evse_id else None
+        """The limits an EVSE will have over the coming `duration` seconds, as the profiles
+        installed now and its running transaction make them; for 0, what the station as a
+        whole is expected to draw (every EVSE's, within the supply's)."""
+        shares = {e.id: e.offered_amps for e in self.station.evses.values()
+                  if e.limit_source is LimitSource.SITE and e.transaction is not None}
+        if evse_id == 0:
+            sessions = {tx.evse_id: (tx.ref, tx.started_at) for tx in self.transactions()}
+            return self.limits.grid_schedule(start, start + duration, sessions, shares)
+        tx = self.evse(evse_id).transaction
         return self.limits.schedule(evse_id, start, start + duration,
-                                    tx.ref if tx else None, tx.started_at if tx else None)
+                                    tx.ref if tx else None, tx.started_at if tx else None,
+                                    share=shares.get(evse_id))
 
     # ---- connection and clock ----------------------------------------------------------------
 

@@ -10,7 +10,6 @@ what the station reports. The core keeps them, applies them to the pilot and per
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 
 from cpagent.clock import format_time
@@ -24,6 +23,7 @@ from cpagent.schedule_wire import (
     composite_minimum,
     composite_periods,
     profile_from_wire,
+    schedule_start,
 )
 
 log = logging.getLogger(__name__)
@@ -114,17 +114,9 @@ class SmartCharging:
         purpose = PURPOSES.get(payload.get("chargingProfilePurpose") or "")
         level = payload.get("stackLevel")
 
-        def matches(p: ChargingProfile) -> bool:
-            if p.purpose is ProfilePurpose.EXTERNAL:
-                return False  # not the Central System's to clear
-            if wanted_id is not None:
-                return p.id == wanted_id
-            return ((connector_id is None or p.evse_id == connector_id)
-                    and (purpose is None or p.purpose is purpose)
-                    and (level is None or p.stack_level == level))
-
-        removed = await self.host.ask(lambda core, now: core.remove_profiles(
-            [p.id for p in core.profiles if matches(p)], now))
+        removed = await self.host.ask(lambda core, now: core.clear_profiles(
+            now, profile_id=wanted_id, evse_id=connector_id, purpose=purpose,
+            stack_level=level))
         return ACCEPTED if removed else {"status": "Unknown"}
 
     async def get_composite_schedule(self, payload: dict) -> dict:
@@ -136,7 +128,7 @@ class SmartCharging:
         unit = UNITS[unit_word]
 
         def compute(core: ChargingStation, now: float):
-            start = float(math.floor(now))
+            start = schedule_start(now)
             return start, core.composite_schedule(connector_id, start, duration), \
                 core.limits.supply
 

@@ -27,6 +27,7 @@ from cpagent.schedule_wire import (
     InvalidProfile,
     composite_periods,
     profile_from_wire,
+    schedule_start,
 )
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,13 @@ class SmartCharging:
             return _rejected("InvalidProfile", "external constraints are the station's own")
         if purpose is ProfilePurpose.STATION_MAX and evse_id != 0:
             return _rejected("InvalidProfile", "a ChargingStationMaxProfile is for EVSE 0")
+        if purpose is ProfilePurpose.STATION_MAX and d["chargingProfileKind"] == "Relative":
+            # K01.FR.38: relative to which transaction? The station's cap has none.
+            return _rejected("InvalidProfile", "a ChargingStationMaxProfile is not Relative")
+        if d["chargingProfileKind"] == "Relative" and any(
+                "startSchedule" in s for s in d["chargingSchedule"]):
+            return _rejected("InvalidSchedule", "a Relative schedule has no startSchedule "
+                             "(K01.FR.41)")
         if purpose is ProfilePurpose.TX and evse_id == 0:
             return _rejected("InvalidProfile", "a TxProfile is for the EVSE of its transaction")
         wanted = d.get("transactionId")
@@ -157,7 +165,9 @@ class SmartCharging:
                     continue
                 if purpose is ProfilePurpose.TX:
                     if p.transaction == transaction:
-                        replacing.append(p.id)  # one per stack level of a transaction
+                        # K01.FR.39: which of the two would apply is undefined.
+                        return "DuplicateProfile", (f"TxProfile {p.id} has the same stackLevel "
+                                                    "for this transaction")
                 elif _overlap(p, profile):
                     # K01.FR.06: which of the two would apply is undefined.
                     return "DuplicateProfile", (f"profile {p.id} has the same stackLevel and "
@@ -238,18 +248,8 @@ class SmartCharging:
         purpose = PURPOSES.get(criteria.get("chargingProfilePurpose") or "")
         level = criteria.get("stackLevel")
 
-        def matches(p: ChargingProfile) -> bool:
-            if p.purpose is ProfilePurpose.EXTERNAL:
-                return False  # K10.FR.06: not the CSMS's to clear
-            if wanted_id is not None:
-                return p.id == wanted_id
-            return ((evse_id is None or p.evse_id == evse_id)
-                    and (purpose is None or p.purpose is purpose)
-                    and (level is None or p.stack_level == level))
-
-        # Neither an id nor criteria: every profile of the CSMS's goes.
-        removed = await self.host.ask(lambda core, now: core.remove_profiles(
-            [p.id for p in core.profiles if matches(p)], now))
+        removed = await self.host.ask(lambda core, now: core.clear_profiles(
+            now, profile_id=wanted_id, evse_id=evse_id, purpose=purpose, stack_level=level))
         return {"status": "Accepted" if removed else "Unknown"}
 
     # ---- GetCompositeSchedule (K08) ----------------------------------------------------------
@@ -265,7 +265,7 @@ class SmartCharging:
         duration = payload["duration"]
 
         def compute(core: ChargingStation, now: float):
-            start = float(math.floor(now))
+            start = schedule_start(now)
             return start, core.composite_schedule(evse_id, start, duration), \
                 core.limits.supply
 

@@ -106,6 +106,34 @@ class Ocpp16(Dialect):
         faulted = await self.wait_status("Faulted", after=after)
         assert faulted.payload["errorCode"] == ERROR_CODES.get(fault, "OtherError")
 
+    async def set_default_limit(self, amps: float, evse: int = 0, profile_id: int = 1) -> dict:
+        """A TxDefaultProfile of one period, `amps` from 2020 on."""
+        return await self.call("SetChargingProfile", {"connectorId": evse, "csChargingProfiles": {
+            "chargingProfileId": profile_id, "stackLevel": 0,
+            "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute",
+            "chargingSchedule": {"chargingRateUnit": "A", "startSchedule": "2020-01-01T00:00:00Z",
+                                 "chargingSchedulePeriod": [{"startPeriod": 0, "limit": amps}]}}})
+
+    async def composite_limits(self, evse: int, unit: str = "A") -> list[float]:
+        answer = await self.call("GetCompositeSchedule", {"connectorId": evse, "duration": 600,
+                                                          "chargingRateUnit": unit})
+        assert answer["status"] == "Accepted"
+        return [p["limit"] for p in answer["chargingSchedule"]["chargingSchedulePeriod"]]
+
+    async def clear_limits(self) -> dict:
+        return await self.call("ClearChargingProfile", {})
+
+    async def reserve(self, reservation_id: int, tag: str, evse: int, expiry: str) -> dict:
+        return await self.call("ReserveNow", {"connectorId": evse, "expiryDate": expiry,
+                                              "idTag": tag, "reservationId": reservation_id})
+
+    def reservation_of(self, start: Any) -> Any:
+        return start.payload.get("reservationId")
+
+    async def trigger_status(self, evse: int) -> dict:
+        return await self.call("TriggerMessage", {"requestedMessage": "StatusNotification",
+                                                  "connectorId": evse})
+
 
 class Ocpp201(Dialect):
     version, subprotocol = "2.0.1", "ocpp2.0.1"
@@ -215,6 +243,34 @@ class Ocpp201(Dialect):
         data = event.payload["eventData"][0]
         assert (data["variable"]["name"], data["actualValue"]) == ("Problem", "true")
         assert data["techCode"] == fault.value
+
+    async def set_default_limit(self, amps: float, evse: int = 0, profile_id: int = 1) -> dict:
+        return await self.call("SetChargingProfile", {"evseId": evse, "chargingProfile": {
+            "id": profile_id, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
+            "chargingProfileKind": "Absolute", "chargingSchedule": [{
+                "id": 1, "chargingRateUnit": "A", "startSchedule": "2020-01-01T00:00:00Z",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": amps}]}]}})
+
+    async def composite_limits(self, evse: int, unit: str = "A") -> list[float]:
+        answer = await self.call("GetCompositeSchedule", {"evseId": evse, "duration": 600,
+                                                          "chargingRateUnit": unit})
+        assert answer["status"] == "Accepted"
+        return [p["limit"] for p in answer["schedule"]["chargingSchedulePeriod"]]
+
+    async def clear_limits(self) -> dict:
+        return await self.call("ClearChargingProfile", {})
+
+    async def reserve(self, reservation_id: int, tag: str, evse: int, expiry: str) -> dict:
+        return await self.call("ReserveNow", {
+            "id": reservation_id, "expiryDateTime": expiry, "evseId": evse,
+            "idToken": {"idToken": tag, "type": "ISO14443"}})
+
+    def reservation_of(self, start: Any) -> Any:
+        return start.payload.get("reservationId")
+
+    async def trigger_status(self, evse: int) -> dict:
+        return await self.call("TriggerMessage", {"requestedMessage": "StatusNotification",
+                                                  "evse": {"id": evse, "connectorId": 1}})
 
 
 DIALECTS = {"1.6": Ocpp16, "2.0.1": Ocpp201}

@@ -5,7 +5,9 @@ in 2.0.1, from one scenario per session (see `dialects`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -154,3 +156,40 @@ async def test_meter_values_during_a_session(say, charger):
     sampled = await say.wait_meter_values()
     assert {s["measurand"] for s in sampled} == {"Energy.Active.Import.Register",
                                                  "Power.Active.Import"}
+
+
+async def test_a_charging_limit_mid_session_reaches_the_pilot(say, charger):
+    await charge(say, charger)
+    assert charger.agent.core.evse(1).offered_amps == 32.0
+    assert await say.set_default_limit(10) == {"status": "Accepted"}
+    await charger.settle()
+    assert charger.agent.core.evse(1).offered_amps == 10.0
+    assert charger.agent.hardware.pilots[1].current_limit == 10.0
+    # 10 A x 230 V x 3 phases = 6900 W; both EVSEs together at most 2 x 10 A.
+    assert await say.composite_limits(1) == [10.0]
+    assert await say.composite_limits(1, "W") == [6900.0]
+    assert await say.composite_limits(0) == [20.0]
+    assert await say.clear_limits() == {"status": "Accepted"}
+    await charger.settle()
+    assert charger.agent.hardware.pilots[1].current_limit == 32.0
+
+
+async def test_a_reserved_evse_waits_for_its_card(say, charger):
+    expiry = datetime.fromtimestamp(time.time() + 600, UTC).isoformat().replace("+00:00", "Z")
+    mark = say.peer.mark()
+    assert await say.reserve(7, "RESERVED1", 1, expiry) == {"status": "Accepted"}
+    await say.wait_status("Reserved", 1, after=mark)
+    charger.mock.plug(1)
+    charger.mock.swipe("STRANGER", 1)
+    await charger.settle()
+    assert charger.agent.core.evse(1).transaction is None
+    charger.mock.swipe("RESERVED1", 1)
+    start = await say.wait_start(after=mark)
+    assert say.reservation_of(start) == 7
+    await say.wait_charging(after=mark)
+
+
+async def test_a_triggered_status_comes_after_the_answer(say, charger):
+    mark = say.peer.mark()
+    assert (await say.trigger_status(2))["status"] == "Accepted"
+    await say.wait_status("Available", 2, after=mark)

@@ -61,6 +61,9 @@ class Evse:
         self.contactor_closed = False
         self.offered_amps = 0.0
         self.limit_source = LimitSource.HARDWARE  # what set the offer last time
+        # A higher offer it had until lately: its vehicle may still draw that until then.
+        self.former_offer = 0.0
+        self.former_until = 0.0
         self.reading: MeterReading | None = None
         self.reading_stale = False  # the meter stopped answering: its last reading is old
         self.reset_pending = False  # an EVSE reset waits for its session to end

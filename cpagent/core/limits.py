@@ -31,6 +31,7 @@ from cpagent.core.schedules import (
 )
 
 MIN_OFFER = 6.0  # IEC 61851-1: below 6 A the pilot cannot offer charging
+FOLLOW_TIME = 5.0  # IEC 61851-1: seconds a vehicle has to follow a lower offer
 # What the station takes, as both versions report it (1.6 keys, 2.0.1 SmartChargingCtrlr):
 # enough for a day in half-hours from a few sources; bench/composite_schedule.py times it.
 MAX_PROFILES = 32
@@ -74,6 +75,7 @@ class Limits:
         # EVSE -> (the transaction it was computed for, its segment at the last look)
         self._cache: dict[int, tuple[tuple[str | None, float | None], Segment]] = {}
         self._seen: tuple = ()
+        self._look_again = math.inf  # a raise held back until then
         self._zone_name = ""
         self._zone = ZoneInfo("UTC")
 
@@ -182,7 +184,15 @@ class Limits:
 
     def next_change(self) -> float:
         """When a cached limit ends: the core looks at the offers again then."""
-        return min((s.end for _, s in self._cache.values()), default=math.inf)
+        return min(min((s.end for _, s in self._cache.values()), default=math.inf),
+                   self._look_again)
+
+    def look_again_at(self, when: float) -> None:
+        self._look_again = min(self._look_again, when)
+
+    def looked(self, now: float) -> None:
+        if now >= self._look_again:
+            self._look_again = math.inf
 
     # ---- sharing ----------------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ clears it once the vehicle complies. Tripping for real overcurrent is the breake
 from __future__ import annotations
 
 from cpagent.core.evse import Evse
+from cpagent.core.limits import FOLLOW_TIME
 from hal.interfaces import Fault, MeterReading
 
-FOLLOW_TIME = 5.0  # IEC 61851-1: seconds a vehicle has to follow a lower offer
 GRACE = 10.0  # seconds an overrun must last, after that, before it is reported
 MARGIN_AMPS = 1.0
 MARGIN_SHARE = 0.10

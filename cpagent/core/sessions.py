@@ -29,7 +29,7 @@ from cpagent.core.actions import (
 from cpagent.core.authorization import Authorizer
 from cpagent.core.availability import Availabilities
 from cpagent.core.evse import Evse, PendingAuth, Station, charging_state
-from cpagent.core.limits import Demand, Limits, Offer
+from cpagent.core.limits import FOLLOW_TIME, MIN_OFFER, Demand, Limits, Offer
 from cpagent.core.model import (
     AuthInfo,
     AuthStatus,
@@ -175,10 +175,31 @@ class Sessions:
             started = False
             for evse in evses:
                 had = evse.transaction
-                self._apply(evse, now, planned[evse.id], offers.get(evse.id))
+                plan = self._within_supply(evse, planned[evse.id], now)
+                self._apply(evse, now, plan, offers.get(evse.id))
                 started = started or (had is None and evse.transaction is not None)
             if not started:
                 return
+
+    def _within_supply(self, evse: Evse, plan: tuple[float, bool],
+                       now: float) -> tuple[float, bool]:
+        """A raise waits while vehicles just offered less may still draw their old current
+        (IEC 61851-1 gives them FOLLOW_TIME): the supply is not exceeded even then."""
+        amps, close = plan
+        if amps <= evse.offered_amps or len(self.station.evses) == 1:
+            return plan
+        others = [e for e in self.station.evses.values() if e is not evse]
+        drawn = sum(max(e.offered_amps, e.former_offer if now < e.former_until else 0.0)
+                    for e in others)
+        room = self.limits.at(0, now).amps - drawn
+        if amps <= room:
+            return plan
+        self.limits.look_again_at(min(e.former_until for e in others if now < e.former_until)
+                                  if any(now < e.former_until for e in others) else now + 1)
+        held = max(evse.offered_amps, room)
+        if held < MIN_OFFER:
+            return 0.0, False
+        return held, close and held > 0
 
     def _apply(self, evse: Evse, now: float, plan: tuple[float, bool],
                offer: Offer | None) -> None:
@@ -195,6 +216,12 @@ class Sessions:
                 self.power_off(evse)  # the start could not be made (a stale meter)
                 return
         before = evse.offered_amps
+        if amps < before:
+            # Its vehicle may go on drawing `before` for a while: remembered for the others.
+            if now >= evse.former_until:
+                evse.former_offer = 0.0
+            evse.former_offer = max(evse.former_offer, before)
+            evse.former_until = now + FOLLOW_TIME
         self._set_offer(evse, amps)
         self._set_contactor(evse, close)
         if evse.transaction is not None and before > 0 and self._significant(before, amps):

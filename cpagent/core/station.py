@@ -543,6 +543,7 @@ class ChargingStation:
             self.limits.remove(expired)
             self._actions.append(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
         if expired or now >= self.limits.next_change():
+            self.limits.looked(now)
             self.sessions.refresh_power(now)  # a schedule boundary: the offers change
         self.metering.tick(now)
         self._publish(now)

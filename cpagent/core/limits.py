@@ -146,22 +146,24 @@ class Limits:
         return min(self.settings.max_current, self._local.get(evse_id, math.inf), site)
 
     def schedule(self, evse_id: int, start: float, end: float, transaction: str | None = None,
-                 tx_start: float | None = None, share: float | None = None) -> list[Segment]:
+                 tx_start: float | None = None, share: float | None = None,
+                 memo: dict | None = None) -> list[Segment]:
         """The composite schedule of an EVSE (0: the station's supply) over [start, end);
         `share`: what sharing the supply leaves it now, expected to hold."""
         cap = self.cap(evse_id) if share is None else min(self.cap(evse_id), share)
         return composite(self._stacks(evse_id, transaction), start, end,
                          cap=cap, supply=self.supply, zone=self.zone,
-                         tx_start=tx_start, limiting_stack=2 if evse_id else None)
+                         tx_start=tx_start, limiting_stack=2 if evse_id else None, memo=memo)
 
     def grid_schedule(self, start: float, end: float, sessions: dict[int, tuple[str, float]],
                       shares: dict[int, float]) -> list[Segment]:
         """What the station as a whole is expected to draw over [start, end) (1.6 connector
         0, 2.0.1 evseId 0): the EVSEs' composites together, at most the supply's.
         `sessions`: the running transactions by EVSE, (reference, start)."""
+        memo: dict = {}  # the station's profiles are in every EVSE's stacks: worked out once
         per_evse = [self.schedule(e, start, end, *sessions.get(e, (None, None)),
-                                  share=shares.get(e)) for e in self.evse_ids]
-        return summed(per_evse, self.schedule(0, start, end))
+                                  share=shares.get(e), memo=memo) for e in self.evse_ids]
+        return summed(per_evse, self.schedule(0, start, end, memo=memo))
 
     def _settings_seen(self) -> None:
         s = self.settings

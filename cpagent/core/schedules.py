@@ -22,6 +22,7 @@ next one begins.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Iterator, Sequence
@@ -124,14 +125,6 @@ class Segment:
     profile_id: int | None = None  # which profile set the limit; None: a fixed cap did
 
 
-@dataclass(frozen=True, slots=True)
-class _Step:
-    start: float
-    end: float
-    amps: float
-    min_amps: float | None
-
-
 def _recurrences(base: float, every: Recurrence, zone: tzinfo, start: float,
                  end: float) -> Iterator[tuple[float, float]]:
     """(begin, next begin) of each recurrence that overlaps [start, end), none before base."""
@@ -151,13 +144,35 @@ def _recurrences(base: float, every: Recurrence, zone: tzinfo, start: float,
         k += 1
 
 
+_CONVERTED: dict[int, tuple[Schedule, Supply, float | None, list[float], list[float]]] = {}
+
+
+def _in_amps(schedule: Schedule, supply: Supply) -> tuple[float | None, list[float],
+                                                          list[float]]:
+    """The schedule's minimum, period offsets and limits in amps, worked out once per
+    schedule (profiles are immutable; a composite looks at each of them again and again)."""
+    known = _CONVERTED.get(id(schedule))
+    if known is not None and known[0] is schedule and known[1] == supply:
+        return known[2], known[3], known[4]
+    unit = schedule.unit
+    minimum = None if schedule.min_rate is None else supply.amps(schedule.min_rate, unit)
+    offsets = [q.start for q in schedule.periods]
+    amps = [supply.amps(q.limit, unit) for q in schedule.periods]
+    if len(_CONVERTED) > 512:
+        _CONVERTED.clear()  # old profiles' entries; the ones in use come back at once
+    _CONVERTED[id(schedule)] = (schedule, supply, minimum, offsets, amps)
+    return minimum, offsets, amps
+
+
 def steps(profile: ChargingProfile, start: float, end: float, supply: Supply, zone: tzinfo,
-          tx_start: float | None = None) -> list[_Step]:
-    """Where in [start, end) the profile is in force, and with which limit (in amps)."""
+          tx_start: float | None = None) -> list[tuple[float, float, float, float | None]]:
+    """Where in [start, end) the profile is in force, and with which limit: (from, to, amps,
+    minimum amps) in time order. Tuples, not objects: a full station makes thousands."""
     schedule = profile.schedule
     lo = max(start, profile.valid_from if profile.valid_from is not None else -math.inf)
     hi = min(end, profile.valid_to if profile.valid_to is not None else math.inf)
-    if lo >= hi or not schedule.periods:
+    periods = schedule.periods
+    if lo >= hi or not periods:
         return []
     duration = schedule.duration if schedule.duration is not None else math.inf
     if profile.kind is ProfileKind.RECURRING and schedule.start is not None and \
@@ -170,59 +185,78 @@ def steps(profile: ChargingProfile, start: float, end: float, supply: Supply, zo
     else:
         base = schedule.start if schedule.start is not None else start
         runs = [(base, base + duration)]
-    minimum = None if schedule.min_rate is None else supply.amps(schedule.min_rate,
-                                                                 schedule.unit)
-    out: list[_Step] = []
-    periods = schedule.periods
+    minimum, offsets, amps = _in_amps(schedule, supply)
+    count = len(periods)
+    out: list[tuple[float, float, float, float | None]] = []
     for run_start, run_end in runs:
-        for i, period in enumerate(periods):
-            a = run_start + period.start
-            b = run_start + periods[i + 1].start if i + 1 < len(periods) else run_end
-            a, b = max(a, lo, run_start), min(b, hi, run_end)
+        first = max(lo, run_start)
+        last = min(hi, run_end)
+        # The period in force at `first`, then on until `last`.
+        i = max(0, bisect.bisect_right(offsets, first - run_start) - 1)
+        while i < count:
+            a = run_start + offsets[i]
+            if a >= last:
+                break
+            b = run_start + offsets[i + 1] if i + 1 < count else last
+            if a < first:
+                a = first
+            if b > last:
+                b = last
             if a < b:
-                out.append(_Step(a, b, supply.amps(period.limit, schedule.unit), minimum))
+                out.append((a, b, amps[i], minimum))
+            i += 1
     return out
 
 
 class _Cursor:
     """Walks a profile's steps forward in time: which one (if any) covers instant t."""
 
-    __slots__ = ("i", "profile", "steps")
+    __slots__ = ("i", "id", "n", "steps")
 
-    def __init__(self, profile: ChargingProfile, found: list[_Step]) -> None:
-        self.profile = profile
+    def __init__(self, profile_id: int,
+                 found: list[tuple[float, float, float, float | None]]) -> None:
+        self.id = profile_id
         self.steps = found
+        self.n = len(found)
         self.i = 0
 
-    def at(self, t: float) -> _Step | None:
-        found = self.steps
-        while self.i < len(found) and found[self.i].end <= t:
-            self.i += 1
-        if self.i < len(found) and found[self.i].start <= t:
-            return found[self.i]
+    def at(self, t: float) -> tuple[float, float, float, float | None] | None:
+        found, i, n = self.steps, self.i, self.n
+        while i < n and found[i][1] <= t:
+            i += 1
+        self.i = i
+        if i < n and found[i][0] <= t:
+            return found[i]
         return None
 
 
 def composite(stacks: Sequence[Sequence[ChargingProfile]], start: float, end: float, *,
               cap: float, supply: Supply, zone: tzinfo, tx_start: float | None = None,
-              limiting_stack: int | None = None) -> list[Segment]:
+              limiting_stack: int | None = None,
+              memo: dict[tuple[int, float | None], list] | None = None) -> list[Segment]:
     """The composite schedule over [start, end): at each instant the smallest of `cap` and,
     for every stack (profiles best first), its first profile in force. `limiting_stack`
-    names the stack whose minimum rate the segments carry (the transaction or default one)."""
+    names the stack whose minimum rate the segments carry (the transaction or default one).
+    `memo` keeps each profile's steps for further composites over the same window."""
     cursors: list[list[_Cursor]] = []
     bounds = {start, end}
     for stack in stacks:
         row = []
         for profile in stack:
-            found = steps(profile, start, end, supply, zone, tx_start)
+            key = (profile.id, tx_start if profile.kind is ProfileKind.RELATIVE else None)
+            found = memo.get(key) if memo is not None else None
+            if found is None:
+                found = steps(profile, start, end, supply, zone, tx_start)
+                if memo is not None:
+                    memo[key] = found
             if found:
-                row.append(_Cursor(profile, found))
-                for s in found:
-                    bounds.add(s.start)
-                    bounds.add(s.end)
+                row.append(_Cursor(profile.id, found))
+                bounds.update(s[0] for s in found)
+                bounds.update(s[1] for s in found)
         cursors.append(row)
     times = sorted(bounds)
-    out: list[Segment] = []
+    # (from, to, amps, minimum, profile id), merged while amps and minimum stay the same.
+    found_segments: list[list] = []
     for t, t_next in itertools.pairwise(times):
         amps, minimum, source = cap, None, None
         for index, row in enumerate(cursors):
@@ -230,17 +264,17 @@ def composite(stacks: Sequence[Sequence[ChargingProfile]], start: float, end: fl
                 step = cursor.at(t)
                 if step is None:
                     continue
-                if step.amps < amps:
-                    amps, source = step.amps, cursor.profile.id
+                if step[2] < amps:
+                    amps, source = step[2], cursor.id
                 if index == limiting_stack:
-                    minimum = step.min_amps
+                    minimum = step[3]
                 break
-        if out and out[-1].amps == amps and out[-1].min_amps == minimum:
-            last = out[-1]
-            out[-1] = Segment(last.start, t_next, amps, minimum, last.profile_id)
+        if found_segments and found_segments[-1][2] == amps and \
+                found_segments[-1][3] == minimum:
+            found_segments[-1][1] = t_next
         else:
-            out.append(Segment(t, t_next, amps, minimum, source))
-    return out
+            found_segments.append([t, t_next, amps, minimum, source])
+    return [Segment(*f) for f in found_segments]
 
 
 def stacked(profiles: Sequence[ChargingProfile], evse_id: int) -> list[ChargingProfile]:

@@ -698,8 +698,14 @@ class Agent:
     async def _tick(self) -> None:
         ticks = 0
         while True:
-            # Wake just after each wall-clock second, so clock-aligned samples land on time.
-            await asyncio.sleep(1.0 - (self.clock.now() % 1.0) + 0.01)
+            # Wake just after each wall-clock second, so clock-aligned samples land on time,
+            # and at a charging schedule's boundary, so the pilot follows it within ms.
+            now = self.clock.now()
+            wake = 1.0 - (now % 1.0) + 0.01
+            if self._core is not None:
+                # (never sooner than 50 ms: a boundary it cannot pass must not spin the loop)
+                wake = max(0.05, min(wake, self._core.limits.next_change() - now + 0.001))
+            await asyncio.sleep(wake)
             ticks += 1
             jump = self.clock.check_system() if ticks % CLOCK_CHECK_TICKS == 0 else None
             if jump is not None:

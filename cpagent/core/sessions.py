@@ -189,7 +189,9 @@ class Sessions:
         if amps <= evse.offered_amps or len(self.station.evses) == 1:
             return plan
         others = [e for e in self.station.evses.values() if e is not evse]
-        drawn = sum(max(e.offered_amps, e.former_offer if now < e.former_until else 0.0)
+        # An open contactor carries nothing, whatever the vehicle was offered before.
+        drawn = sum(max(e.offered_amps, e.former_offer
+                        if now < e.former_until and e.contactor_closed else 0.0)
                     for e in others)
         room = self.limits.at(0, now).amps - drawn
         if amps <= room:

@@ -33,6 +33,7 @@ from cpagent.core.schedules import (
     Schedule,
     Supply,
 )
+from cpagent.core.station import ChargingStation
 from hal.interfaces import Fault, MeterReading
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -369,3 +370,11 @@ def test_an_idle_evse_does_not_make_the_core_look_again_every_second():
     rig.later(120)
     rig.tick()
     assert rig.cs.limits.next_change() > rig.now
+
+
+def test_a_transaction_profile_left_in_the_store_does_not_come_back_after_a_restart():
+    default = profile(1, 0, [(0, 16)])
+    orphan = profile(2, 0, [(0, 8)], purpose=ProfilePurpose.TX, evse=1, transaction="gone")
+    station = ChargingStation(1, CoreSettings(), profiles=[default, orphan])
+    assert station.profiles == [default]
+    assert station.drain() == [ChargingProfilesChanged((default,))]  # written back

@@ -86,7 +86,13 @@ class ChargingStation:
              for e, n in layout.items()},
             stored.get((0, 0), True),
         )
-        self.limits = Limits(settings, layout, profiles)
+        # No transaction outlives a restart (restore_interrupted ends them), so neither does
+        # a transaction profile, even one a crash left in the store after its session ended.
+        stored = list(profiles)
+        kept = [p for p in stored if p.purpose is not ProfilePurpose.TX]
+        self.limits = Limits(settings, layout, kept)
+        if len(kept) != len(stored):
+            self._actions.append(ChargingProfilesChanged(tuple(kept)))
         self.overrun = OverrunWatch()
         self.auth = Authorizer(settings, emit, cache=auth_cache, local_list=local_list)
         self.availability = Availabilities(self.station, emit)

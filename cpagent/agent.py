@@ -772,10 +772,13 @@ class Agent:
 
     async def _stored_profiles(self) -> list[ChargingProfile]:
         profiles = []
-        for d in await self.store.state("charging_profiles") or []:
+        stored = await self.store.state("charging_profiles") or []
+        for d in stored if isinstance(stored, list) else []:
             try:
                 profiles.append(profile_from_json(d))
-            except (KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError, IndexError) as exc:
+                # Skipped rather than trusted: the CSMS sees it gone when it lists the
+                # profiles (GetChargingProfiles, GetCompositeSchedule) and can set it again.
                 log.error("a stored charging profile is unreadable and is not applied: %s",
                           exc)
         return profiles

@@ -6,6 +6,7 @@ link that finally delivers it decides how it reads, even after a version switch.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -164,13 +165,41 @@ def profile_to_json(p: ChargingProfile) -> dict[str, Any]:
     }
 
 
+def _number(value: Any, *, optional: bool = True) -> Any:
+    if value is None and optional:
+        return None
+    if type(value) not in (int, float) or value != value:  # NaN too
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
+
+
 def profile_from_json(d: dict[str, Any]) -> ChargingProfile:
+    """A stored profile, checked as strictly as one from the CSMS: a damaged entry is a
+    ValueError for the loader to skip, never a TypeError in every power decision after."""
     s = d["schedule"]
+    if type(d["id"]) is not int or type(d["stack_level"]) is not int or \
+            type(d["evse_id"]) is not int:
+        raise ValueError("id, stack_level and evse_id must be integers")
+    periods = [(_number(q[0], optional=False), _number(q[1], optional=False), q[2])
+               for q in s["periods"]]
+    if not periods or periods[0][0] != 0 or any(
+            b[0] <= a[0] for a, b in itertools.pairwise(periods)):
+        raise ValueError("periods must start at 0 and increase")
+    if any(q[2] is not None and type(q[2]) is not int for q in periods):
+        raise ValueError("numberPhases must be an integer")
+    for name in ("start", "duration", "min_rate"):
+        _number(s[name])
+    for name in ("valid_from", "valid_to"):
+        _number(d[name])
+    if d["transaction"] is not None and not isinstance(d["transaction"], str):
+        raise ValueError("transaction must be a reference")
     return ChargingProfile(
         id=d["id"], stack_level=d["stack_level"], purpose=ProfilePurpose(d["purpose"]),
         kind=ProfileKind(d["kind"]),
-        schedule=Schedule(RateUnit(s["unit"]), tuple(Period(*q) for q in s["periods"]),
-                          s["start"], s["duration"], s["min_rate"], s["id"]),
+        schedule=Schedule(RateUnit(s["unit"]), tuple(Period(*q) for q in periods),
+                          _number(s["start"]), _number(s["duration"]), _number(s["min_rate"]),
+                          s["id"] if type(s["id"]) is int else None),
         evse_id=d["evse_id"],
         recurrence=Recurrence(d["recurrence"]) if d["recurrence"] else None,
-        valid_from=d["valid_from"], valid_to=d["valid_to"], transaction=d["transaction"])
+        valid_from=_number(d["valid_from"]), valid_to=_number(d["valid_to"]),
+        transaction=d["transaction"])

@@ -59,11 +59,16 @@ def schedule_from_wire(d: dict, kind: ProfileKind, now: float, max_periods: int,
         raise InvalidProfile("periods must start in increasing order")
     if any(p["limit"] < 0 for p in periods):
         raise InvalidProfile("a limit is negative")
+    if any("phaseToUse" in p for p in periods):
+        # 2.0.1: only where the station can switch phases (Phases3to1), which this one can't.
+        raise InvalidProfile("phaseToUse needs phase switching, which this station lacks")
     start = _time(d.get("startSchedule"), "startSchedule")
-    if start is None and kind is not ProfileKind.RELATIVE:
-        if kind is ProfileKind.RECURRING or start_required:
-            raise InvalidProfile(f"a {kind} schedule needs a startSchedule")
-        start = now  # lenient (1.6): an Absolute schedule without a start begins now
+    if start is None and kind is ProfileKind.RECURRING:
+        raise InvalidProfile("a Recurring schedule needs a startSchedule")
+    if start is None and kind is ProfileKind.ABSOLUTE:
+        if start_required:
+            raise InvalidProfile("an Absolute schedule needs a startSchedule")
+        start = now  # lenient (1.6): a station maximum without a start holds from now
     duration = d.get("duration")
     if duration is not None and duration <= 0:
         raise InvalidProfile("duration must be positive")
@@ -79,6 +84,11 @@ def profile_from_wire(d: dict, schedule: dict, *, profile_id: int, purpose: Prof
                       evse_id: int, transaction: str | None, now: float, max_periods: int,
                       start_required: bool = False) -> ChargingProfile:
     kind = KINDS[d["chargingProfileKind"]]
+    if kind is ProfileKind.ABSOLUTE and not start_required and "startSchedule" not in schedule \
+            and purpose is not ProfilePurpose.STATION_MAX:
+        # 1.6 ChargingSchedule.startSchedule: "If absent the schedule will be relative to
+        # start of charging."
+        kind = ProfileKind.RELATIVE
     recurrence = RECURRENCES.get(d.get("recurrencyKind") or "")
     if kind is ProfileKind.RECURRING and recurrence is None:
         raise InvalidProfile("a Recurring profile needs a recurrencyKind")
@@ -95,7 +105,15 @@ def profile_from_wire(d: dict, schedule: dict, *, profile_id: int, purpose: Prof
         transaction)
 
 
-def _down(value: float) -> float:
+MAX_COMPOSITE = 7 * 86400  # seconds a composite schedule covers at most: a week is planned
+
+
+def composite_duration(requested: int) -> int | None:
+    """The duration a composite answer covers; None when the request cannot be answered."""
+    return min(requested, MAX_COMPOSITE) if requested > 0 else None
+
+
+def composite_limit(value: float) -> float:
     """To the 0.1 both versions' limits are multiples of, never up: a composite schedule
     must not promise more than the station will offer."""
     return math.floor(value * 10 + 1e-6) / 10
@@ -105,7 +123,7 @@ def composite_periods(segments: list[Segment], start: float, unit: RateUnit,
                       supply: Supply) -> list[dict]:
     periods: list[dict] = []
     for s in segments:
-        limit = _down(supply.in_unit(s.amps, unit))
+        limit = composite_limit(supply.in_unit(s.amps, unit))
         offset = round(s.start - start)
         if periods and periods[-1]["startPeriod"] == offset:
             periods.pop()  # two boundaries in one second: what holds from then on is told
@@ -124,4 +142,4 @@ def schedule_start(now: float) -> float:
 def composite_minimum(segments: list[Segment], unit: RateUnit, supply: Supply) -> float | None:
     """The winning schedule's minimum rate at the start, where one was given."""
     first = segments[0].min_amps if segments else None
-    return None if first is None else _down(supply.in_unit(first, unit))
+    return None if first is None else composite_limit(supply.in_unit(first, unit))

@@ -22,7 +22,7 @@ from cpagent.core.actions import (
     TransactionEvent,
 )
 from cpagent.core.limits import Demand, Limits, LimitSource
-from cpagent.core.model import CoreSettings, IdToken, Trigger
+from cpagent.core.model import CoreSettings, IdToken, Trigger, TxPoint
 from cpagent.core.schedules import (
     ChargingProfile,
     Period,
@@ -378,3 +378,78 @@ def test_a_transaction_profile_left_in_the_store_does_not_come_back_after_a_rest
     station = ChargingStation(1, CoreSettings(), profiles=[default, orphan])
     assert station.profiles == [default]
     assert station.drain() == [ChargingProfilesChanged((default,))]  # written back
+
+
+# ---- found in review ---------------------------------------------------------------------------
+
+def test_offers_planned_on_an_untrusted_clock_are_planned_again_on_the_true_one():
+    rig = Rig()
+    rig.now = MIDNIGHT
+    rig.charging()
+    rig.call("install_profile", profile(1, 0, [(0, 16), (100, 8)]))
+    rig.cs.clock_synchronised(rig.now, 0.0)
+    rig.take()
+    rig.later(200)
+    assert SetCurrentLimit(1, 8.0) in rig.tick()
+
+
+def test_a_remote_start_profile_binds_to_a_transaction_that_began_with_the_cable():
+    rig = Rig(start_points=frozenset({TxPoint.EV_CONNECTED}))
+    rig.now = MIDNIGHT
+    rig.plug()
+    tx_profile = profile(5, 0, [(0, 10)], purpose=ProfilePurpose.TX, kind=ProfileKind.RELATIVE,
+                         start=None)
+    rig.cs.remote_start(IdToken("APP"), 1, rig.now, profile=tx_profile)
+    rig.take()
+    rig.answer("APP")
+    tx = rig.cs.evse(1).transaction
+    assert tx is not None and tx.authorized
+    assert [p.transaction for p in rig.cs.profiles] == [tx.ref]
+    assert rig.cs.evse(1).offered_amps == 10.0
+
+
+def test_a_session_that_starts_with_the_energy_never_closes_on_a_plan_without_its_profile():
+    rig = Rig(start_points=frozenset({TxPoint.ENERGY_TRANSFER}))
+    rig.now = MIDNIGHT
+    rig.plug()
+    zero = profile(5, 0, [(0, 0)], purpose=ProfilePurpose.TX, kind=ProfileKind.RELATIVE,
+                   start=None)
+    rig.cs.remote_start(IdToken("APP"), 1, rig.now, profile=zero)
+    actions = rig.take() + rig.answer("APP")
+    assert SetContactor(1, True) not in actions  # its 0 A profile forbids any energy
+
+
+def test_uneven_shares_are_tenths_that_never_exceed_the_supply_and_do_not_keep_the_core_busy():
+    rig = Rig(7, site_limit=50.0)
+    rig.now = MIDNIGHT
+    for e in range(1, 8):
+        rig.plug(e)
+        rig.card(f"C{e}", e)
+        rig.answer(f"C{e}")
+        rig.later(6)  # each raise waits for the vehicles lowered before it
+        rig.tick()
+    assert all(rig.cs.status(e)[0] is St.CHARGING for e in range(1, 8))
+    offers = [rig.cs.evse(e).offered_amps for e in range(1, 8)]
+    assert sum(offers) <= 50.0 and all(round(a * 10) == a * 10 for a in offers), offers
+    assert min(offers) >= 7.1  # 50 / 7 = 7.14 each, down to the tenth
+    rig.later(6)
+    rig.tick()
+    assert rig.cs.limits.next_change() > rig.now + 60
+
+
+def test_a_recurrence_based_in_a_repeated_dst_hour_does_not_begin_before_its_base():
+    # 02:30 CET on 2026-10-25 is the second 02:30 in Berlin (01:30 UTC).
+    base = at("2026-10-25T01:30:00")
+    p = profile(1, 0, [(0, 10)], kind=ProfileKind.RECURRING, recurrence=Recurrence.DAILY,
+                start=base)
+    lim = limits(p, time_zone="Europe/Berlin")
+    assert plan(lim, base - 7200, base + 60)[0] == (0, 7200, 32)
+
+
+def test_the_end_of_a_session_clears_what_limited_it():
+    rig = Rig(site_limit=20.0)
+    rig.now = MIDNIGHT
+    rig.charging()
+    assert rig.cs.evse(1).limit_source is LimitSource.SITE
+    actions = rig.card("CARD1")
+    assert ChargingLimitChanged(1, 0.0, LimitSource.HARDWARE) in actions

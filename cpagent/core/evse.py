@@ -61,6 +61,7 @@ class Evse:
         self.contactor_closed = False
         self.offered_amps = 0.0
         self.limit_source = LimitSource.HARDWARE  # what set the offer last time
+        self.share_cut = False  # sharing the supply leaves it less than its own limit
         # A higher offer it had until lately: its vehicle may still draw that until then.
         self.former_offer = 0.0
         self.former_until = 0.0

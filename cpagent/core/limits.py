@@ -63,6 +63,7 @@ class Demand:
 class Offer:
     amps: float
     source: LimitSource
+    cut: bool = False  # sharing the supply left it less than its own limit
 
 
 class Limits:
@@ -200,6 +201,7 @@ class Limits:
 
     def allocate(self, demands: Iterable[Demand], now: float) -> dict[int, Offer]:
         """What each session may be offered now; 0 A where its share is too small to use."""
+        demands = list(demands)
         own: dict[int, Segment] = {}
         for d in demands:
             own[d.evse_id] = self.at(d.evse_id, now, d.transaction, d.tx_start)
@@ -222,21 +224,30 @@ class Limits:
         for e, segment in own.items():
             if segment.profile_id is not None:
                 by_itself = LimitSource.PROFILE
-            elif segment.amps < self.settings.max_current:
+            elif segment.amps >= self.settings.max_current:
+                by_itself = LimitSource.HARDWARE
+            elif e in self._local and self._local[e] <= segment.amps:
                 by_itself = LimitSource.LOCAL
             else:
-                by_itself = LimitSource.HARDWARE
+                by_itself = LimitSource.SITE  # the site limit caps even a lone session
             if e in active:
                 amps = shares[e]
-                offers[e] = Offer(amps, by_station if amps < segment.amps else by_itself)
+                cut = amps < segment.amps
+                offers[e] = Offer(amps, by_station if cut else by_itself, cut)
             else:
                 usable = segment.amps >= max(MIN_OFFER, segment.min_amps or 0.0)
-                offers[e] = Offer(0.0, by_station if usable else by_itself)
+                offers[e] = Offer(0.0, by_station if usable else by_itself, usable)
         return offers
 
 
 def _fill(wants: dict[int, float], supply: float) -> dict[int, float]:
-    """Share `supply` so that no one gets more than it wants and the rest is split evenly."""
+    """Share `supply` so that no one gets more than it wants and the rest is split evenly,
+    in tenths of an amp, rounded down: the shares never add up to more than the supply."""
+    return {e: math.floor(amps * 10 + 1e-9) / 10 if amps < wants[e] else amps
+            for e, amps in _even(wants, supply).items()}
+
+
+def _even(wants: dict[int, float], supply: float) -> dict[int, float]:
     shares: dict[int, float] = {}
     left = supply
     pending = sorted(wants, key=lambda e: wants[e])

@@ -255,6 +255,7 @@ class CoreSettings:
     site_limit: float | None = None  # amps per phase the supply gives all EVSEs together
     time_zone: str = "UTC"  # the installer's: where recurring profiles repeat
     limit_change_significance: float = 0.0  # percent: a smaller change of the offer is not told
+    report_rate_changes: bool = True  # a transaction event for it (1.6 has no such message)
     connection_timeout: float = 60.0
     update_interval: float = 60.0  # periodic transaction updates; 0 = none
     history_interval: float = 0.0  # samples kept for the end of a transaction; 0 = none

@@ -134,6 +134,9 @@ def _recurrences(base: float, every: Recurrence, zone: tzinfo, start: float,
 
     def begin(k: int) -> float:
         # Wall-clock arithmetic, then back to an instant: the same local time each time.
+        # The first is the base itself (its wall time may be the second of a repeated hour).
+        if k == 0:
+            return base
         return (wall + timedelta(days=days * k)).replace(tzinfo=zone).timestamp()
 
     k = max(0, math.floor((start - base) / length) - 1)

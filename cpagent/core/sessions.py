@@ -29,7 +29,7 @@ from cpagent.core.actions import (
 from cpagent.core.authorization import Authorizer
 from cpagent.core.availability import Availabilities
 from cpagent.core.evse import Evse, PendingAuth, Station, charging_state
-from cpagent.core.limits import FOLLOW_TIME, MIN_OFFER, Demand, Limits, Offer
+from cpagent.core.limits import FOLLOW_TIME, MIN_OFFER, Demand, Limits, LimitSource, Offer
 from cpagent.core.model import (
     AuthInfo,
     AuthStatus,
@@ -194,10 +194,14 @@ class Sessions:
                         if now < e.former_until and e.contactor_closed else 0.0)
                     for e in others)
         room = self.limits.at(0, now).amps - drawn
-        if amps <= room:
+        if amps <= room + 1e-6:  # shares are sums of floats
             return plan
-        self.limits.look_again_at(min(e.former_until for e in others if now < e.former_until)
-                                  if any(now < e.former_until for e in others) else now + 1)
+        waiting = [e.former_until for e in others if now < e.former_until]
+        if waiting:
+            # When those vehicles' time to follow is up, the raise can be made. (With none
+            # waiting, the others' offers themselves leave no room: any change to them comes
+            # with an input that plans again.)
+            self.limits.look_again_at(min(waiting))
         held = max(evse.offered_amps, room)
         if held < MIN_OFFER:
             return 0.0, False
@@ -206,9 +210,13 @@ class Sessions:
     def _apply(self, evse: Evse, now: float, plan: tuple[float, bool],
                offer: Offer | None) -> None:
         amps, close = plan
-        if offer is not None and offer.source is not evse.limit_source:
-            evse.limit_source = offer.source
-            self._emit(ChargingLimitChanged(evse.id, offer.amps, offer.source))
+        source = offer.source if offer is not None else LimitSource.HARDWARE
+        evse.share_cut = offer is not None and offer.cut
+        if source is not evse.limit_source:
+            # Also when its session ends: what limited it no longer does (2.0.1
+            # ClearedChargingLimit).
+            evse.limit_source = source
+            self._emit(ChargingLimitChanged(evse.id, offer.amps if offer else 0.0, source))
         if amps <= 0:
             self.power_off(evse)
             return
@@ -216,7 +224,9 @@ class Sessions:
             self.start(evse, now, Trigger.CHARGING_STATE_CHANGED)
             if evse.transaction is None:
                 self.power_off(evse)  # the start could not be made (a stale meter)
-                return
+            # Closed on the next pass of refresh_power, planned with the profile the start
+            # may have brought (a remote start's TxProfile): never on this plan.
+            return
         before = evse.offered_amps
         if amps < before:
             # Its vehicle may go on drawing `before` for a while: remembered for the others.
@@ -226,7 +236,8 @@ class Sessions:
             evse.former_until = now + FOLLOW_TIME
         self._set_offer(evse, amps)
         self._set_contactor(evse, close)
-        if evse.transaction is not None and before > 0 and self._significant(before, amps):
+        if evse.transaction is not None and before > 0 and self.settings.report_rate_changes \
+                and self._significant(before, amps):
             self.update(evse, Trigger.CHARGING_RATE_CHANGED, now)
 
     def _significant(self, before: float, after: float) -> bool:
@@ -270,9 +281,8 @@ class Sessions:
             begin = evse.sample(now, ReadingContext.TRANSACTION_BEGIN)
             tx.history.append(begin)
             samples = (begin,)
-        if authorized and pending is not None and pending.profile is not None:
-            self.limits.install(replace(pending.profile, transaction=tx.ref, evse_id=evse.id))
-            self._emit(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
+        if authorized and pending is not None:
+            self._bind_profile(pending, tx, evse)
         if authorized:
             evse.pending = None
         evse.finishing = False
@@ -280,6 +290,12 @@ class Sessions:
         # Recorded (durably, by the shell) before any current is offered.
         self.event(TxEventKind.STARTED, evse, tx, now, trigger, authorized_now=authorized,
                    samples=samples)
+
+    def _bind_profile(self, pending: PendingAuth, tx: Transaction, evse: Evse) -> None:
+        """The profile a remote start carried is its transaction's from now on."""
+        if pending.profile is not None:
+            self.limits.install(replace(pending.profile, transaction=tx.ref, evse_id=evse.id))
+            self._emit(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
 
     # ---- authorization of a session ----------------------------------------------------------
 
@@ -324,6 +340,7 @@ class Sessions:
             tx.token, tx.group, tx.authorized = pending.token, pending.group, True
             tx.remote_start_id = pending.remote_start_id
             tx.reservation_id = self.reservations.started_with(pending)
+            self._bind_profile(pending, tx, evse)
             evse.pending = None
             self.update(evse, trigger, now, authorized_now=True)
         elif tx is None and self.start_due(evse):

@@ -25,7 +25,7 @@ from cpagent.core.actions import (
 from cpagent.core.authorization import Authorizer
 from cpagent.core.availability import Availabilities
 from cpagent.core.evse import Connector, Evse, PendingAuth, Station, charging_state
-from cpagent.core.limits import Limits, LimitSource
+from cpagent.core.limits import Limits
 from cpagent.core.metering import Metering
 from cpagent.core.model import (
     AuthInfo,
@@ -394,6 +394,7 @@ class ChargingStation:
         if evse is not None:
             evse.transaction = None
             evse.pending = None
+            self.remove_profiles(self.limits.bound_to(ref), now)
             self.sessions.update_power(evse, now)
         self._publish(now)
 
@@ -409,9 +410,7 @@ class ChargingStation:
             self.sessions.event(TxEventKind.ENDED, holder, tx, now, Trigger.ABNORMAL_CONDITION,
                                 reason=reason, meter_stop_wh=max(meter_stop,
                                                                  tx.meter_start_wh))
-        # Their transaction profiles end with them (1.6 3.13.1, 2.0.1 K01.FR.05).
-        if self.limits.remove([i for tx in transactions for i in self.limits.bound_to(tx.ref)]):
-            self._actions.append(ChargingProfilesChanged(tuple(self.limits.profiles.values())))
+        # (Their transaction profiles went at construction: none outlives a restart.)
 
     def shutdown(self, now: float) -> None:
         """The agent is stopping (SIGTERM): every session ends now, at its real reading."""
@@ -498,7 +497,7 @@ class ChargingStation:
         installed now and its running transaction make them; for 0, what the station as a
         whole is expected to draw (every EVSE's, within the supply's)."""
         shares = {e.id: e.offered_amps for e in self.station.evses.values()
-                  if e.limit_source is LimitSource.SITE and e.transaction is not None}
+                  if e.share_cut and e.transaction is not None}
         if evse_id == 0:
             sessions = {tx.evse_id: (tx.ref, tx.started_at) for tx in self.transactions()}
             return self.limits.grid_schedule(start, start + duration, sessions, shares)
@@ -531,6 +530,9 @@ class ChargingStation:
                     tx.next_history_at += jump
                     tx.history = [replace(s, timestamp=s.timestamp + jump) for s in tx.history]
         self.metering.clock_known(now)
+        # Offers planned on the untrusted clock: planned again on the true one.
+        self.sessions.refresh_power(now)
+        self._publish(now)
 
     def tick(self, now: float) -> None:
         timeout = self.settings.connection_timeout

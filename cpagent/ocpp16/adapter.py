@@ -157,6 +157,7 @@ class Ocpp16Adapter:
         # 1.6 transactions begin once a card is accepted and the car plugged in, and end when
         # the authorization does (StopTransactionOnEVSideDisconnect makes an unplug one).
         core.start_points = frozenset({TxPoint.POWER_PATH_CLOSED})
+        core.report_rate_changes = False  # 1.6 has no message for it: nothing to record
         core.stop_points = frozenset({TxPoint.AUTHORIZED})
         core.history_interval = float(config.integer("MeterValueSampleInterval")) \
             if config.items("StopTxnSampledData") else 0.0

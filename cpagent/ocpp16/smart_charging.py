@@ -20,6 +20,7 @@ from cpagent.host import AdapterHost
 from cpagent.schedule_wire import (
     UNITS,
     InvalidProfile,
+    composite_duration,
     composite_minimum,
     composite_periods,
     profile_from_wire,
@@ -78,6 +79,9 @@ class SmartCharging:
             return _rejected(f"there is no connector {connector_id}")
         if purpose is ProfilePurpose.STATION_MAX and connector_id != 0:
             return _rejected("a ChargePointMaxProfile is set on connector 0 only")
+        if purpose is ProfilePurpose.STATION_MAX and d["chargingProfileKind"] == "Relative":
+            # Relative to which transaction? The station's cap has none.
+            return _rejected("a ChargePointMaxProfile is not Relative")
         if purpose is ProfilePurpose.TX and connector_id == 0:
             return _rejected("a TxProfile is set on the connector of its transaction")
         wanted = d.get("transactionId")
@@ -123,7 +127,9 @@ class SmartCharging:
         connector_id = payload["connectorId"]
         if connector_id > self.connectors:
             return REJECTED
-        duration = payload["duration"]
+        duration = composite_duration(payload["duration"])
+        if duration is None:
+            return REJECTED
         unit_word = payload.get("chargingRateUnit") or "A"
         unit = UNITS[unit_word]
 

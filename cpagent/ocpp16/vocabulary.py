@@ -26,7 +26,6 @@ STATUS = {
 ERROR_CODES = {
     Fault.GROUND_FAILURE: "GroundFailure",
     Fault.OVER_CURRENT: "OverCurrentFailure",
-    Fault.EV_OVER_CURRENT: "OverCurrentFailure",
     Fault.OVER_VOLTAGE: "OverVoltage",
     Fault.UNDER_VOLTAGE: "UnderVoltage",
     Fault.HIGH_TEMPERATURE: "HighTemperature",

@@ -265,6 +265,7 @@ class Ocpp201Adapter:
         core.aligned_during_transaction = not model.flag("AlignedDataCtrlr", "SendDuringIdle")
         core.limit_change_significance = float(model.text("SmartChargingCtrlr",
                                                           "LimitChangeSignificance"))
+        core.report_rate_changes = True
         lifetime = model.integer("AuthCacheCtrlr", "LifeTime")
         core.auth_cache_lifetime = float(lifetime) if lifetime > 0 else None
         core.reservation_ends_at_start = False  # used once its token is accepted (H03.FR.09)

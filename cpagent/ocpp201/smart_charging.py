@@ -25,6 +25,8 @@ from cpagent.schedule_wire import (
     UNIT_WORDS,
     UNITS,
     InvalidProfile,
+    composite_duration,
+    composite_limit,
     composite_periods,
     profile_from_wire,
     schedule_start,
@@ -262,7 +264,11 @@ class SmartCharging:
         unit = UNITS.get(unit_word)
         if unit is None:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "UnsupportedRateUnit"}}
-        duration = payload["duration"]
+        duration = composite_duration(payload["duration"])
+        if duration is None:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidValue",
+                                                         "additionalInfo": "duration must be "
+                                                         "positive"}}
 
         def compute(core: ChargingStation, now: float):
             start = schedule_start(now)
@@ -299,8 +305,8 @@ class SmartCharging:
         now = float(math.floor(self.host.clock.now()))
         return {"id": 0, "startSchedule": format_time(now),
                 "chargingRateUnit": UNIT_WORDS[RateUnit.AMPS],
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": math.floor(
-                    action.amps * 10) / 10}]}
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": composite_limit(
+                    action.amps)}]}
 
     def _send(self, action: str, payload: dict) -> None:
         future = self.host.queue.send(action, payload)

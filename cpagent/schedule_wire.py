@@ -30,6 +30,8 @@ UNIT_WORDS = {v: k for k, v in UNITS.items()}
 KINDS = {"Absolute": ProfileKind.ABSOLUTE, "Recurring": ProfileKind.RECURRING,
          "Relative": ProfileKind.RELATIVE}
 RECURRENCES = {"Daily": Recurrence.DAILY, "Weekly": Recurrence.WEEKLY}
+KIND_WORDS = {v: k for k, v in KINDS.items()}
+RECURRENCE_WORDS = {v: k for k, v in RECURRENCES.items()}
 
 
 class InvalidProfile(ValueError):

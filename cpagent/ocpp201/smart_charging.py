@@ -22,6 +22,8 @@ from cpagent.core.station import ChargingStation
 from cpagent.host import AdapterHost
 from cpagent.ocpp201.device_model import DeviceModel
 from cpagent.schedule_wire import (
+    KIND_WORDS,
+    RECURRENCE_WORDS,
     UNIT_WORDS,
     UNITS,
     InvalidProfile,
@@ -42,8 +44,6 @@ PURPOSES = {
     "ChargingStationExternalConstraints": ProfilePurpose.EXTERNAL,
 }
 PURPOSE_WORDS = {v: k for k, v in PURPOSES.items()}
-KIND_WORDS = {"absolute": "Absolute", "recurring": "Recurring", "relative": "Relative"}
-RECURRENCE_WORDS = {"daily": "Daily", "weekly": "Weekly"}
 # Whose limit a report names: the CSMS's profiles are the CSO's; the station's own are an
 # energy manager's (a local load manager) or "Other" (the installer's site limit).
 LOCAL_SOURCES = {LimitSource.LOCAL: "EMS", LimitSource.SITE: "Other"}
@@ -81,10 +81,10 @@ def profile_to_wire(p: ChargingProfile) -> dict[str, Any]:
     wire: dict[str, Any] = {
         "id": p.id, "stackLevel": p.stack_level,
         "chargingProfilePurpose": PURPOSE_WORDS[p.purpose],
-        "chargingProfileKind": KIND_WORDS[p.kind.value], "chargingSchedule": [schedule],
+        "chargingProfileKind": KIND_WORDS[p.kind], "chargingSchedule": [schedule],
     }
     if p.recurrence is not None:
-        wire["recurrencyKind"] = RECURRENCE_WORDS[p.recurrence.value]
+        wire["recurrencyKind"] = RECURRENCE_WORDS[p.recurrence]
     if p.valid_from is not None:
         wire["validFrom"] = format_time(p.valid_from)
     if p.valid_to is not None:
